@@ -1,0 +1,1 @@
+"""A reusable Django app: failed Celery jobs are recorded, retried automatically, and never silently lost."""

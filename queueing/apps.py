@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class QueueingConfig(AppConfig):
+    name = "queueing"
+    verbose_name = "Queueing"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from queueing import conf, schedule, signals  # noqa: F401  (connects the worker/beat signal handlers)
+
+        conf.get_settings()  # fail at start-up, not at the first failure, on a bad setting
+        post_migrate.connect(schedule.ensure_sweep_schedule_after_migrate, sender=self)

@@ -1,0 +1,184 @@
+"""Failed jobs and their lifecycle.
+
+How a job moves between states (``FailedJob.Status``), and what each transition writes:
+
+1. A task call raises. ``RetryableTask`` retries it at once, ``IMMEDIATE_RETRIES`` times, waiting
+   ``BACKOFF_BASE * 2**n`` seconds (2, 4, 8). Nothing is written yet.
+2. The last immediate retry fails: ``record_failure`` writes one row, ``failed``, keyed by the original
+   call's task id (``origin_task_id``, unique), with the task name, queue, JSON args/kwargs, the error,
+   ``first_failed_at``/``last_failed_at`` and ``next_retry_at = now + RETRY_DELAY``. A ``PermanentError``
+   (or ``MAX_RETRIES == 0``) writes it ``dead`` at once, with ``dead_at``.
+3. The sweep (every ``CHECK_INTERVAL``) claims ``failed`` rows whose ``next_retry_at`` has passed and whose
+   ``retry_count < MAX_RETRIES``: ``retrying``, ``retry_count + 1``, a fresh ``claim_token``,
+   ``lease_expires_at = now + LEASE_SECONDS``, ``last_retried_at``. After the commit it sends each row as a
+   fresh task call carrying the row id and the claim token in its headers. A row naming a task this
+   project does not register is marked ``dead`` with a ``status_reason``, never sent.
+   An operator's retry (admin, API, ``retry_all_failed``) claims ``failed`` and ``dead`` rows the same way
+   but counts ``manual_retry_count`` instead: manual retries never use up the automatic ones.
+4. The clone starts: if the row is still ``retrying`` under its claim token, the lease is renewed
+   (``retry_started_at``, ``lease_expires_at = now + LEASE_SECONDS``); if not, the delivery is stale and
+   the clone does nothing. The clone has its own immediate retries (step 1).
+5. The clone succeeds: ``resolved``, ``resolved_at``. It fails for good: the same row (never a second one)
+   goes back to ``failed`` with a new ``next_retry_at``, or to ``dead`` (``dead_at``) once
+   ``retry_count >= MAX_RETRIES`` or when it had been ``dead`` before the operator's retry.
+6. A lease runs out (the publish was lost, or the worker died): the sweep takes the row back. If the clone
+   never started, the retry was never attempted: the row returns to the state it was claimed from and the
+   retry is given back. If the clone started and vanished, the retry is used up and the row is ``failed``
+   (due after ``RETRY_DELAY``) or ``dead`` as in step 5.
+7. An operator can discard a ``failed`` or ``dead`` job (``discarded``, ``discarded_at``) or mark a
+   ``failed`` one dead; ``resolved`` and ``discarded`` are final.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+
+#: Most events kept in ``FailedJob.history``.
+HISTORY_MAX_EVENTS = 50
+
+
+class FailedJobQuerySet(models.QuerySet["FailedJob"]):
+    def due(self, now: datetime, *, max_retries: int) -> FailedJobQuerySet:
+        """Failed jobs the sweep may re-send now."""
+        return self.filter(
+            status=FailedJob.Status.FAILED, next_retry_at__lte=now, retry_count__lt=max_retries
+        )
+
+    def lease_expired(self, now: datetime) -> FailedJobQuerySet:
+        """Jobs claimed for a retry whose clone has not reported back within its lease."""
+        return self.filter(status=FailedJob.Status.RETRYING, lease_expires_at__lt=now)
+
+    def retryable_by_hand(self) -> FailedJobQuerySet:
+        """Jobs an operator may retry: failed and dead (not those being retried right now)."""
+        return self.filter(status__in=[FailedJob.Status.FAILED, FailedJob.Status.DEAD])
+
+    def in_queue(self, queue: str | None) -> FailedJobQuerySet:
+        return self if queue is None else self.filter(queue=queue)
+
+
+class FailedJob(models.Model):
+    """One logical job (one original task call) that failed after its immediate retries."""
+
+    class Status(models.TextChoices):
+        FAILED = "failed", "Failed"
+        """Failed for good this round; the sweep re-sends it once ``next_retry_at`` has passed."""
+        RETRYING = "retrying", "Retrying"
+        """Claimed and sent as a fresh task call; waiting for that clone to succeed or fail."""
+        RESOLVED = "resolved", "Resolved"
+        """A clone succeeded. Final."""
+        DEAD = "dead", "Dead"
+        """Permanently failed: automatic retries used up (or a permanent error). Waits for a person."""
+        DISCARDED = "discarded", "Discarded"
+        """An operator gave up on it. Final."""
+
+    class ClaimedBy(models.TextChoices):
+        SWEEP = "sweep", "Automatic sweep"
+        OPERATOR = "operator", "Operator"
+
+    origin_task_id = models.CharField(max_length=255, unique=True, help_text="Task id of the original call.")
+    task_name = models.CharField(max_length=255)
+    queue = models.CharField(max_length=200)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    options = models.JSONField(
+        default=dict, blank=True, help_text="Routing options used to re-send the call."
+    )
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.FAILED)
+    status_reason = models.TextField(blank=True, help_text="Why the system put the job in its state.")
+    exception_class = models.CharField(max_length=255, blank=True)
+    exception_message = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+
+    attempts = models.PositiveIntegerField(default=0, help_text="Executions, immediate retries included.")
+    retry_count = models.PositiveIntegerField(default=0, help_text="Automatic retries used.")
+    manual_retry_count = models.PositiveIntegerField(default=0, help_text="Retries started by an operator.")
+
+    claim_token = models.UUIDField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=16, choices=ClaimedBy.choices, blank=True)
+    claimed_from = models.CharField(max_length=16, choices=Status.choices, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    latest_task_id = models.CharField(max_length=255, blank=True, help_text="Task id of the latest clone.")
+
+    first_failed_at = models.DateTimeField()
+    last_failed_at = models.DateTimeField()
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    last_retried_at = models.DateTimeField(null=True, blank=True)
+    retry_started_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    dead_at = models.DateTimeField(null=True, blank=True)
+    discarded_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = models.JSONField(
+        default=list, blank=True, help_text="The latest lifecycle events, oldest first."
+    )
+
+    objects = FailedJobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-last_failed_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["next_retry_at", "id"],
+                condition=Q(status="failed"),
+                name="queueing_failedjob_due_idx",
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="retrying"),
+                name="queueing_failedjob_lease_idx",
+            ),
+            models.Index(fields=["queue", "status"], name="queueing_failedjob_queue_idx"),
+            models.Index(fields=["status", "-last_failed_at"], name="queueing_failedjob_recent_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["failed", "retrying", "resolved", "dead", "discarded"]),
+                name="queueing_failedjob_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} [{self.origin_task_id}] {self.status}"
+
+    def add_event(self, event: str, at: datetime, **details: Any) -> None:
+        """Append one lifecycle event to ``history`` (kept to the latest ``HISTORY_MAX_EVENTS``)."""
+        entry = {
+            "event": event,
+            "at": at.isoformat(),
+            **{k: v for k, v in details.items() if v not in (None, "")},
+        }
+        self.history = [*self.history, entry][-HISTORY_MAX_EVENTS:]
+
+    def clone_task_id(self) -> str:
+        """The task id of the clone sent under the current claim (stable: linkable before it runs)."""
+        if self.claim_token is None:
+            return self.latest_task_id
+        return str(uuid.uuid5(self.claim_token, str(self.pk)))
+
+
+class AutoRetryConfig(models.Model):
+    """Changes made to the automatic retry policy while the system runs (``start_auto_retry``).
+
+    A single row. An empty field means "as in settings". The sweep and the failure recorder read it each
+    time, so a change takes effect without a restart.
+    """
+
+    max_retries = models.PositiveIntegerField(null=True, blank=True)
+    retry_delay_seconds = models.FloatField(null=True, blank=True)
+    check_interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "auto-retry configuration"
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="queueing_autoretryconfig_single_row")]
+
+    def __str__(self) -> str:
+        return "auto-retry configuration"

@@ -1,0 +1,81 @@
+"""The Python API, as the seed offers it.
+
+from queueing.retry import start_auto_retry, get_retry_manager
+
+start_auto_retry(max_retries=5, retry_delay=600, check_interval=120)   # seconds or timedelta
+get_retry_manager().get_stats()                    # {"whatsapp-send": {"failed": 2, "dead": 0, ...}}
+get_retry_manager().retry_all_failed("whatsapp-send")   # {"total": 2, "retried": 2}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import timedelta
+
+from queueing import services
+from queueing.models import AutoRetryConfig
+from queueing.schedule import ensure_sweep_schedule
+
+logger = logging.getLogger(__name__)
+
+
+def _seconds(value: float | timedelta | None, name: str) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds < 0:
+        raise ValueError(f"{name} must not be negative, got {value!r}")
+    return seconds
+
+
+def start_auto_retry(
+    max_retries: int | None = None,
+    retry_delay: float | timedelta | None = None,
+    check_interval: float | timedelta | None = None,
+) -> services.RetryPolicy:
+    """Turn the automatic sweep on, changing the policy of the running system (no restart needed).
+
+    Arguments left out keep their current values. The change is stored in the database: the sweep reads it
+    at its next run and Beat picks up the new interval within a few seconds. Returns the policy now in force.
+    """
+    if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
+        raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
+    delay = _seconds(retry_delay, "retry_delay")
+    interval = _seconds(check_interval, "check_interval")
+    if interval is not None and interval < 1:
+        raise ValueError(f"check_interval must be at least 1 second, got {check_interval!r}")
+    config, _ = AutoRetryConfig.objects.get_or_create(pk=1)
+    if max_retries is not None:
+        config.max_retries = max_retries
+    if delay is not None:
+        config.retry_delay_seconds = delay
+    if interval is not None:
+        config.check_interval_seconds = math.ceil(interval)
+    config.save()
+    policy = services.current_policy()
+    ensure_sweep_schedule(check_interval_seconds=policy.check_interval_seconds, enable=True)
+    logger.info("auto-retry started: %s", services.describe(policy))
+    return policy
+
+
+def stop_auto_retry() -> None:
+    """Pause the automatic sweep (failed jobs stay failed until it is started again or retried by hand)."""
+    ensure_sweep_schedule(enable=False)
+    logger.info("auto-retry stopped")
+
+
+class RetryManager:
+    """Operator verbs over the failed-job table."""
+
+    def get_stats(self) -> dict[str, dict[str, int]]:
+        """Per known queue, how many jobs are in each state."""
+        return services.stats_by_queue()
+
+    def retry_all_failed(self, queue_name: str | None = None, *, dry_run: bool = False) -> dict[str, int]:
+        """Re-send every failed and dead job of ``queue_name`` (all queues if None) now."""
+        return services.retry_now(queue=queue_name, dry_run=dry_run).as_dict()
+
+
+def get_retry_manager() -> RetryManager:
+    return RetryManager()

@@ -1,0 +1,49 @@
+"""Tasks the tests run. Side effects go to Redis, so that the test can see them from any process."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from celery import shared_task
+from django.conf import settings
+
+from queueing.exceptions import PermanentError
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+
+
+class Boom(RuntimeError):
+    pass
+
+
+@shared_task(name="tests.tasks.fail_times")
+def fail_times(key: str, times: int) -> str:
+    """Fail the first ``times`` executions for ``key``, then succeed. Logs each run's time under ``key``."""
+    client = _redis()
+    runs = client.incr(f"runs:{key}")
+    client.rpush(f"times:{key}", repr(time.time()))
+    if runs <= times:
+        raise Boom(f"run {runs} of {key} fails on purpose")
+    client.rpush(f"done:{key}", runs)
+    return "ok"
+
+
+@shared_task(name="tests.tasks.always_fail")
+def always_fail(key: str, *, reason: str = "gateway down") -> None:
+    _redis().incr(f"runs:{key}")
+    raise Boom(reason)
+
+
+@shared_task(name="tests.tasks.fail_permanently")
+def fail_permanently(key: str) -> None:
+    _redis().incr(f"runs:{key}")
+    raise PermanentError("recipient does not exist")
+
+
+@shared_task(name="tests.tasks.succeed")
+def succeed(key: str = "x") -> str:
+    _redis().incr(f"runs:{key}")
+    return "ok"
