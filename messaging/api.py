@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest
-from ninja import Router, Schema
+from ninja import Router, Schema, Status
 from pydantic import Field
 
 from messaging.tasks import send_whatsapp_message
@@ -24,7 +24,7 @@ class SendMessageOut(Schema):
 
 
 @router.post("/send-message", response={202: SendMessageOut})
-def send_message(request: HttpRequest, payload: SendMessageIn) -> tuple[int, dict[str, Any]]:
+def send_message(request: HttpRequest, payload: SendMessageIn) -> Status[dict[str, Any]]:
     """Queue a message on ``whatsapp-send``. ``jobId`` is the task id (its FailedJob's ``origin_task_id``)."""
     result = send_whatsapp_message.delay(payload.sessionId, payload.to, payload.message)
-    return 202, {"jobId": result.id}
+    return Status(202, {"jobId": result.id})

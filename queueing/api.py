@@ -49,9 +49,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
     def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
         fields: dict[str, str] = {}
         for err in exc.errors:
-            loc = [
-                str(part) for part in err.get("loc", ()) if part not in ("body", "payload", "query", "path")
-            ]
+            loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "payload", "query", "path")]
             fields[".".join(loc) or "body"] = err.get("msg", "invalid")
         names = ", ".join(fields)
         return error(api, request, 400, f"invalid request: {names}", fields=fields)

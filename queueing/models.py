@@ -45,9 +45,7 @@ HISTORY_MAX_EVENTS = 50
 class FailedJobQuerySet(models.QuerySet["FailedJob"]):
     def due(self, now: datetime, *, max_retries: int) -> FailedJobQuerySet:
         """Failed jobs the sweep may re-send now."""
-        return self.filter(
-            status=FailedJob.Status.FAILED, next_retry_at__lte=now, retry_count__lt=max_retries
-        )
+        return self.filter(status=FailedJob.Status.FAILED, next_retry_at__lte=now, retry_count__lt=max_retries)
 
     def lease_expired(self, now: datetime) -> FailedJobQuerySet:
         """Jobs claimed for a retry whose clone has not reported back within its lease."""
@@ -85,9 +83,7 @@ class FailedJob(models.Model):
     queue = models.CharField(max_length=200)
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)
-    options = models.JSONField(
-        default=dict, blank=True, help_text="Routing options used to re-send the call."
-    )
+    options = models.JSONField(default=dict, blank=True, help_text="Routing options used to re-send the call.")
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.FAILED)
     status_reason = models.TextField(blank=True, help_text="Why the system put the job in its state.")
@@ -116,9 +112,7 @@ class FailedJob(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    history = models.JSONField(
-        default=list, blank=True, help_text="The latest lifecycle events, oldest first."
-    )
+    history = models.JSONField(default=list, blank=True, help_text="The latest lifecycle events, oldest first.")
 
     objects = FailedJobQuerySet.as_manager()
 

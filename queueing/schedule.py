@@ -17,9 +17,7 @@ SWEEP_TASK_NAME = "queueing: sweep failed jobs"
 SWEEP_TASK = "queueing.sweep_failed_jobs"
 
 
-def ensure_sweep_schedule(
-    *, check_interval_seconds: int | None = None, enable: bool | None = None
-) -> PeriodicTask:
+def ensure_sweep_schedule(*, check_interval_seconds: int | None = None, enable: bool | None = None) -> PeriodicTask:
     """Create or update the sweep's periodic task. Changes reach a running Beat without a restart."""
     from queueing.services import current_policy
 

@@ -20,6 +20,7 @@ from celery import Celery, Task, current_app
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
+from kombu.exceptions import EncodeError
 
 from queueing.conf import get_settings
 from queueing.exceptions import InvalidTransition, UnknownQueue
@@ -157,11 +158,7 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
                     )
                     return None
             else:
-                job = (
-                    FailedJob.objects.select_for_update()
-                    .filter(origin_task_id=failure.origin_task_id)
-                    .first()
-                )
+                job = FailedJob.objects.select_for_update().filter(origin_task_id=failure.origin_task_id).first()
                 if job is None:
                     job = _new_job(failure, now=now)
                 elif job.status not in (Status.FAILED, Status.DEAD):
@@ -176,10 +173,7 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
             job.save()
     except IntegrityError:
         # Another process recorded the same original call a moment ago: update that row instead.
-        if (
-            failure.job_id is None
-            and FailedJob.objects.filter(origin_task_id=failure.origin_task_id).exists()
-        ):
+        if failure.job_id is None and FailedJob.objects.filter(origin_task_id=failure.origin_task_id).exists():
             return record_failure(failure, now=now)
         raise
     logger.info(
@@ -252,9 +246,7 @@ def _claimed_job(job_id: int, claim_token: str | None) -> FailedJob | None:
     if claim_token is None:
         return None
     return (
-        FailedJob.objects.select_for_update()
-        .filter(pk=job_id, claim_token=claim_token, status=Status.RETRYING)
-        .first()
+        FailedJob.objects.select_for_update().filter(pk=job_id, claim_token=claim_token, status=Status.RETRYING).first()
     )
 
 
@@ -270,9 +262,7 @@ def start_clone(*, job_id: int, claim_token: str, task_id: str, now: datetime | 
         job.retry_started_at = now
         job.lease_expires_at = now + timedelta(seconds=get_settings().lease_seconds)
         job.latest_task_id = task_id
-        job.save(
-            update_fields=["retry_started_at", "lease_expires_at", "latest_task_id", "history", "updated_at"]
-        )
+        job.save(update_fields=["retry_started_at", "lease_expires_at", "latest_task_id", "history", "updated_at"])
     return True
 
 
@@ -308,17 +298,13 @@ UNKNOWN_TASK_REASON = (
 
 def _require_autocommit() -> None:
     if not transaction.get_autocommit():
-        raise RuntimeError(
-            "claiming failed jobs publishes after its own commit; call it outside transaction.atomic()"
-        )
+        raise RuntimeError("claiming failed jobs publishes after its own commit; call it outside transaction.atomic()")
 
 
 def _mark_unknown_tasks_dead(candidates: FailedJobQuerySet, *, now: datetime, limit: int) -> int:
     registered = set(celery_app().tasks.keys())
     ids = list(
-        candidates.filter(status=Status.FAILED)
-        .exclude(task_name__in=registered)
-        .values_list("id", flat=True)[:limit]
+        candidates.filter(status=Status.FAILED).exclude(task_name__in=registered).values_list("id", flat=True)[:limit]
     )
     jobs = list(FailedJob.objects.filter(pk__in=ids, status=Status.FAILED))
     for job in jobs:
@@ -327,16 +313,12 @@ def _mark_unknown_tasks_dead(candidates: FailedJobQuerySet, *, now: datetime, li
         job.next_retry_at = None
         job.status_reason = UNKNOWN_TASK_REASON.format(name=job.task_name)
         job.add_event("dead", now, reason=job.status_reason)
-        job.save(
-            update_fields=["status", "dead_at", "next_retry_at", "status_reason", "history", "updated_at"]
-        )
+        job.save(update_fields=["status", "dead_at", "next_retry_at", "status_reason", "history", "updated_at"])
         logger.error("job %s: %s", job.pk, job.status_reason)
     return len(jobs)
 
 
-def _claim(
-    candidates: FailedJobQuerySet, *, now: datetime, claimed_by: str, limit: int
-) -> tuple[list[FailedJob], int]:
+def _claim(candidates: FailedJobQuerySet, *, now: datetime, claimed_by: str, limit: int) -> tuple[list[FailedJob], int]:
     """Claim up to ``limit`` of ``candidates`` exclusively. Returns (claimed rows, rows of unknown tasks)."""
     token = uuid.uuid4()
     counter = "retry_count" if claimed_by == ClaimedBy.SWEEP else "manual_retry_count"
@@ -387,15 +369,36 @@ def _publish(jobs: Iterable[FailedJob], *, now: datetime) -> int:
                     HEADER_ORIGIN: job.origin_task_id,
                 },
             )
-        except Exception as exc:  # noqa: BLE001  (any publish error: give the claim back, keep going)
+        except (TypeError, EncodeError) as exc:
+            # The stored call no longer fits the task (its signature changed) or cannot be encoded:
+            # sending it again cannot help until a person looks at it.
+            _give_up(job, now=now, reason=f"the stored call cannot be sent to {job.task_name}: {exc}"[:500])
+            continue
+        except Exception as exc:  # noqa: BLE001  (a broker error: give the claim back, keep going)
             logger.error("job %s: could not send the retry (%r); claim released", job.pk, exc)
             _release(job, now=now, reason=f"retry could not be sent: {exc!r}"[:500])
             continue
         sent += 1
-        logger.info(
-            "job %s (%s) sent again as %s by %s", job.pk, job.task_name, job.clone_task_id(), job.claimed_by
-        )
+        logger.info("job %s (%s) sent again as %s by %s", job.pk, job.task_name, job.clone_task_id(), job.claimed_by)
     return sent
+
+
+def _give_up(job: FailedJob, *, now: datetime, reason: str) -> None:
+    """A claimed job that can never be sent as stored: dead, with the reason (the retry is given back)."""
+    counter = "retry_count" if job.claimed_by == ClaimedBy.SWEEP else "manual_retry_count"
+    logger.error("job %s: %s; marked dead", job.pk, reason)
+    FailedJob.objects.filter(pk=job.pk, claim_token=job.claim_token, status=Status.RETRYING).update(
+        status=Status.DEAD,
+        status_reason=reason,
+        dead_at=now,
+        claim_token=None,
+        claimed_by="",
+        claimed_from="",
+        lease_expires_at=None,
+        next_retry_at=None,
+        updated_at=now,
+        **{counter: F(counter) - 1},
+    )
 
 
 def _release(job: FailedJob, *, now: datetime, reason: str) -> None:
@@ -538,9 +541,7 @@ def discard(*, ids: Iterable[int], now: datetime | None = None) -> int:
     )
 
 
-def mark_dead(
-    *, ids: Iterable[int], now: datetime | None = None, reason: str = "marked dead by an operator"
-) -> int:
+def mark_dead(*, ids: Iterable[int], now: datetime | None = None, reason: str = "marked dead by an operator") -> int:
     """Stop automatic retries of failed jobs. Returns how many became dead."""
     now = now or timezone.now()
     return FailedJob.objects.filter(pk__in=list(ids), status=Status.FAILED).update(

@@ -113,9 +113,7 @@ class RetryableTask(Task):
             services.record_failure(failure)
         except Exception:
             # The database is unreachable: the failure must not vanish without a trace.
-            logger.exception(
-                "could not record failed job; its payload follows so it can be re-sent: %r", failure
-            )
+            logger.exception("could not record failed job; its payload follows so it can be re-sent: %r", failure)
             raise
 
 

@@ -45,9 +45,15 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 20.0, interval: f
 
 
 @pytest.fixture(autouse=True)
-def fast_retries(settings: Any) -> dict[str, Any]:
-    settings.QUEUEING = dict(FAST)
-    return settings.QUEUEING
+def configure(settings: Any) -> Callable[..., dict[str, Any]]:
+    """``configure(RETRY_DELAY=300)``: the fast settings with some keys changed (assigned, so caches reset)."""
+
+    def apply(**overrides: Any) -> dict[str, Any]:
+        settings.QUEUEING = {**FAST, **overrides}
+        return settings.QUEUEING
+
+    apply()
+    return apply
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from typing import Any
 
@@ -25,9 +26,9 @@ def _row(origin_task_id: str) -> FailedJob | None:
 
 
 def test_a_failing_task_is_retried_immediately_with_doubling_delays(
-    celery_worker: Any, broker: redis.Redis, fast_retries: dict[str, Any]
+    celery_worker: Any, broker: redis.Redis, configure: Any
 ) -> None:
-    fast_retries["BACKOFF_BASE"] = 0.3
+    configure(BACKOFF_BASE=0.3)
     key = _key()
 
     # Given a task that fails three times and then succeeds
@@ -36,7 +37,7 @@ def test_a_failing_task_is_retried_immediately_with_doubling_delays(
     # Then it runs four times, 0.3 s, 0.6 s and 1.2 s apart, and no failure is recorded
     wait_for(lambda: broker.llen(f"done:{key}"), what="the fourth run to succeed")
     times = [float(t) for t in broker.lrange(f"times:{key}", 0, -1)]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) == 3
     for gap, expected in zip(gaps, [0.3, 0.6, 1.2], strict=True):
         assert expected * 0.9 <= gap <= expected + 1.0, gaps

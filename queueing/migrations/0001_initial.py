@@ -14,9 +14,7 @@ class Migration(migrations.Migration):
             fields=[
                 (
                     "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
+                    models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID"),
                 ),
                 ("max_retries", models.PositiveIntegerField(blank=True, null=True)),
                 ("retry_delay_seconds", models.FloatField(blank=True, null=True)),
@@ -26,9 +24,7 @@ class Migration(migrations.Migration):
             options={
                 "verbose_name": "auto-retry configuration",
                 "constraints": [
-                    models.CheckConstraint(
-                        condition=models.Q(("id", 1)), name="queueing_autoretryconfig_single_row"
-                    )
+                    models.CheckConstraint(condition=models.Q(("id", 1)), name="queueing_autoretryconfig_single_row")
                 ],
             },
         ),
@@ -37,9 +33,7 @@ class Migration(migrations.Migration):
             fields=[
                 (
                     "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
+                    models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID"),
                 ),
                 (
                     "origin_task_id",
@@ -51,9 +45,7 @@ class Migration(migrations.Migration):
                 ("kwargs", models.JSONField(blank=True, default=dict)),
                 (
                     "options",
-                    models.JSONField(
-                        blank=True, default=dict, help_text="Routing options used to re-send the call."
-                    ),
+                    models.JSONField(blank=True, default=dict, help_text="Routing options used to re-send the call."),
                 ),
                 (
                     "status",
@@ -78,9 +70,7 @@ class Migration(migrations.Migration):
                 ("traceback", models.TextField(blank=True)),
                 (
                     "attempts",
-                    models.PositiveIntegerField(
-                        default=0, help_text="Executions, immediate retries included."
-                    ),
+                    models.PositiveIntegerField(default=0, help_text="Executions, immediate retries included."),
                 ),
                 ("retry_count", models.PositiveIntegerField(default=0, help_text="Automatic retries used.")),
                 (
@@ -127,9 +117,7 @@ class Migration(migrations.Migration):
                 ("updated_at", models.DateTimeField(auto_now=True)),
                 (
                     "history",
-                    models.JSONField(
-                        blank=True, default=list, help_text="The latest lifecycle events, oldest first."
-                    ),
+                    models.JSONField(blank=True, default=list, help_text="The latest lifecycle events, oldest first."),
                 ),
             ],
             options={
@@ -150,9 +138,7 @@ class Migration(migrations.Migration):
                 ],
                 "constraints": [
                     models.CheckConstraint(
-                        condition=models.Q(
-                            ("status__in", ["failed", "retrying", "resolved", "dead", "discarded"])
-                        ),
+                        condition=models.Q(("status__in", ["failed", "retrying", "resolved", "dead", "discarded"])),
                         name="queueing_failedjob_status_valid",
                     )
                 ],

@@ -27,7 +27,5 @@ class Command(BaseCommand):
             self.stdout.write(f"{where}: found {outcome.total} failed or dead job(s); dry run, none sent")
         else:
             self.stdout.write(
-                self.style.SUCCESS(
-                    f"{where}: found {outcome.total} failed or dead job(s), sent {outcome.retried}"
-                )
+                self.style.SUCCESS(f"{where}: found {outcome.total} failed or dead job(s), sent {outcome.retried}")
             )

@@ -1,0 +1,207 @@
+"""The sweep: which jobs it claims, that claims are exclusive, and that leases recover lost retries."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from django.db import connection, transaction
+from kombu.exceptions import OperationalError
+
+from queueing import services
+from queueing.models import FailedJob
+from tests import tasks
+from tests.conftest import FAST
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Status = FailedJob.Status
+
+
+def published(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The headers of the task messages waiting in ``queue`` on the broker."""
+    return [json.loads(raw)["headers"] for raw in broker.lrange(queue, 0, -1)]
+
+
+def test_sweep_sends_only_jobs_that_are_due(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
+    due = make_failed_job(queue="q1", next_retry_at=now - timedelta(seconds=1))
+    make_failed_job(queue="q1", next_retry_at=now + timedelta(minutes=5))
+    make_failed_job(queue="q1", status=Status.DEAD, next_retry_at=None)
+    make_failed_job(queue="q1", status=Status.RESOLVED)
+
+    result = services.sweep(now=now)
+
+    assert (result.claimed, result.sent) == (1, 1)
+    [headers] = published(broker, "q1")
+    assert headers[services.HEADER_JOB_ID] == due.pk
+    assert headers["task"] == "tests.tasks.succeed"
+    due.refresh_from_db()
+    assert due.status == Status.RETRYING
+    assert due.retry_count == 1
+    assert headers["id"] == due.clone_task_id()
+    assert headers[services.HEADER_CLAIM] == str(due.claim_token)
+
+
+def test_sweep_leaves_jobs_that_used_up_their_automatic_retries(
+    broker: redis.Redis, make_failed_job: Any, now: Any
+) -> None:
+    make_failed_job(queue="q1", retry_count=3)
+
+    assert services.sweep(now=now).sent == 0
+    assert published(broker, "q1") == []
+
+
+def test_sweep_claims_at_most_one_batch(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
+    for _ in range(5):
+        make_failed_job(queue="q1")
+
+    assert services.sweep(now=now, batch_size=2).sent == 2
+    assert len(published(broker, "q1")) == 2
+    assert FailedJob.objects.filter(status=Status.FAILED).count() == 3
+
+
+def test_two_sweeps_at_once_never_send_a_job_twice(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
+    jobs = [make_failed_job(queue="race") for _ in range(120)]
+    start = threading.Barrier(3)
+    claimed: list[list[int]] = [[], [], []]
+    errors: list[BaseException] = []
+
+    def sweeper(slot: int) -> None:
+        try:
+            start.wait()
+            while True:
+                result = services.sweep(now=now, batch_size=10)
+                claimed[slot].append(result.sent)
+                if result.claimed == 0:
+                    return
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sweeper, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    assert errors == []
+    sent_ids = [h[services.HEADER_JOB_ID] for h in published(broker, "race")]
+    assert sorted(sent_ids) == sorted(j.pk for j in jobs)  # each exactly once
+    assert sum(sum(c) for c in claimed) == len(jobs)
+    assert set(FailedJob.objects.values_list("retry_count", flat=True)) == {1}
+
+
+def test_a_retry_whose_publish_was_lost_is_sent_again_when_its_lease_expires(
+    broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
+) -> None:
+    job = make_failed_job(queue="q1")
+    # Given a sweep that claimed the job and died before publishing (or whose message the broker lost)
+    services.sweep(now=now)
+    broker.delete("q1")
+    job.refresh_from_db()
+    assert (job.status, job.retry_count) == (Status.RETRYING, 1)
+
+    # When the next sweeps run, first within the lease, then after it
+    assert services.sweep(now=now + timedelta(seconds=30)).sent == 0
+    later = now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1)
+    result = services.sweep(now=later)
+
+    # Then the row is taken back, its retry given back, and it is sent again exactly once
+    assert (result.recovered, result.sent) == (1, 1)
+    job.refresh_from_db()
+    assert (job.status, job.retry_count) == (Status.RETRYING, 1)
+    assert [h[services.HEADER_JOB_ID] for h in published(broker, "q1")] == [job.pk]
+    assert "lease_expired" in [e["event"] for e in job.history]
+
+
+def test_a_retry_that_started_and_vanished_uses_up_its_retry(
+    broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
+) -> None:
+    configure(RETRY_DELAY=300)
+    job = make_failed_job(queue="q1")
+    services.sweep(now=now)
+    job.refresh_from_db()
+    # Given a clone that started (renewing its lease) and whose worker was then killed
+    assert services.start_clone(job_id=job.pk, claim_token=str(job.claim_token), task_id="clone-1", now=now)
+
+    later = now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1)
+    result = services.sweep(now=later, batch_size=1)
+
+    job.refresh_from_db()
+    assert result.recovered == 1
+    assert (job.status, job.retry_count) == (Status.FAILED, 1)
+    assert "never finished" in job.status_reason
+    assert job.claim_token is None
+    assert job.next_retry_at == later + timedelta(seconds=300)
+
+
+def test_an_expired_lease_on_the_last_retry_leaves_the_job_dead(
+    broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
+) -> None:
+    job = make_failed_job(queue="q1", retry_count=2)
+    services.sweep(now=now)
+    job.refresh_from_db()
+    services.start_clone(job_id=job.pk, claim_token=str(job.claim_token), task_id="clone-1", now=now)
+
+    services.sweep(now=now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1))
+
+    job.refresh_from_db()
+    assert (job.status, job.retry_count) == (Status.DEAD, 3)
+
+
+def test_a_job_naming_an_unknown_task_is_marked_dead_and_not_sent(
+    broker: redis.Redis, make_failed_job: Any, now: Any
+) -> None:
+    job = make_failed_job(queue="q1", task_name="tests.tasks.no_such_task")
+
+    result = services.sweep(now=now)
+
+    assert (result.unknown, result.sent) == (1, 0)
+    assert published(broker, "q1") == []
+    job.refresh_from_db()
+    assert job.status == Status.DEAD
+    assert "'tests.tasks.no_such_task' is not registered" in job.status_reason
+
+
+def test_a_publish_error_gives_the_claim_and_the_retry_back(
+    broker: redis.Redis, make_failed_job: Any, now: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = make_failed_job(queue="q1")
+
+    def broker_down(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.succeed, "apply_async", broker_down)
+    result = services.sweep(now=now)
+
+    assert (result.claimed, result.sent) == (1, 0)
+    job.refresh_from_db()
+    assert (job.status, job.retry_count) == (Status.FAILED, 0)
+    assert job.next_retry_at == now
+    assert "could not be sent" in job.status_reason
+
+
+def test_the_sweep_refuses_to_run_inside_a_transaction() -> None:
+    with transaction.atomic(), pytest.raises(RuntimeError, match=r"outside transaction\.atomic"):
+        services.sweep()
+
+
+def test_a_stored_call_that_no_longer_fits_its_task_is_marked_dead_not_resent_forever(
+    broker: redis.Redis, make_failed_job: Any, now: Any
+) -> None:
+    # Given a row recorded before the task's signature changed
+    job = make_failed_job(queue="q1", task_name="tests.tasks.fail_times", args=["only-one-argument"])
+
+    result = services.sweep(now=now)
+
+    assert (result.claimed, result.sent) == (1, 0)
+    job.refresh_from_db()
+    assert (job.status, job.retry_count) == (Status.DEAD, 0)
+    assert "cannot be sent to tests.tasks.fail_times" in job.status_reason
+    assert "missing 1 required positional argument: 'times'" in job.status_reason
+    assert published(broker, "q1") == []
