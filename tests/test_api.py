@@ -77,7 +77,9 @@ def test_requests_without_the_token_are_refused_with_401(client: Client, broker:
     assert broker.llen("whatsapp-send") == 0
 
 
-def test_a_token_configured_as_its_sha256_digest_is_accepted(client: Client, broker: redis.Redis, configure: Any) -> None:
+def test_a_token_configured_as_its_sha256_digest_is_accepted(
+    client: Client, broker: redis.Redis, configure: Any
+) -> None:
     configure(API_TOKEN="sha256:" + hashlib.sha256(b"plain-secret").hexdigest())
     body = {"sessionId": "default", "to": "+15550001", "message": "hi"}
 

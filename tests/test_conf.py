@@ -36,7 +36,9 @@ def test_environment_variables_override_settings(settings: Any, monkeypatch: pyt
 
 def test_an_unknown_key_is_rejected_with_the_known_ones_listed(settings: Any) -> None:
     settings.QUEUEING = {"MAX_RETRYS": 5}
-    with pytest.raises(ImproperlyConfigured, match=r"unknown key\(s\) in settings.QUEUEING: MAX_RETRYS; known keys: MAX"):
+    with pytest.raises(
+        ImproperlyConfigured, match=r"unknown key\(s\) in settings.QUEUEING: MAX_RETRYS; known keys: MAX"
+    ):
         get_settings()
 
 
