@@ -149,6 +149,8 @@ CELERY_TASK_ROUTES = {"messaging.tasks.*": {"queue": "whatsapp-send"}}
 # A task is acknowledged when it ends, so a worker killed mid-task leaves it on the broker for another.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True  # the FailedJob row is the record of a failure
+# A call whose worker process is killed is retried like a failure, then recorded (queueing/tasks.py).
+CELERY_TASK_RETRY_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=540)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)

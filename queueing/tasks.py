@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.signals import task_failure
 
 from queueing import backoff, services
 from queueing.conf import get_settings
@@ -32,36 +34,24 @@ class RetryableTask(Task):
     immediate_retries: int | None = None
     record_failures = True
 
-    def retry(  # type: ignore[override]
-        self,
-        args: Any = None,
-        kwargs: Any = None,
-        exc: BaseException | None = None,
-        throw: bool = True,
-        eta: Any = None,
-        countdown: float | None = None,
-        max_retries: int | None = None,
-        **options: Any,
-    ) -> Any:
+    # Celery reads these two for every retry: ``Task.retry()`` (and so ``autoretry_for``) and the retry of a
+    # call whose worker process was killed (``task_retry_on_worker_lost``). Computing them here keeps a
+    # fractional backoff base (Celery's ``retry_backoff`` rounds it to whole seconds) and reads the settings
+    # at call time, never mutating shared retry options.
+
+    @property
+    def max_retries(self) -> int:  # type: ignore[override]
         conf = get_settings()
-        if max_retries is None:
-            max_retries = conf.immediate_retries if self.immediate_retries is None else self.immediate_retries
-        if eta is None and countdown is None:
-            countdown = backoff.delay_seconds(
-                retries_done=self.request.retries,
-                base_seconds=conf.backoff_base_seconds,
-                max_seconds=conf.backoff_max_seconds,
-                jitter=conf.backoff_jitter,
-            )
-        return super().retry(
-            args=args,
-            kwargs=kwargs,
-            exc=exc,
-            throw=throw,
-            eta=eta,
-            countdown=countdown,
-            max_retries=max_retries,
-            **options,
+        return conf.immediate_retries if self.immediate_retries is None else self.immediate_retries
+
+    @property
+    def default_retry_delay(self) -> float:  # type: ignore[override]
+        conf = get_settings()
+        return backoff.delay_seconds(
+            retries_done=self.request.retries or 0,
+            base_seconds=conf.backoff_base_seconds,
+            max_seconds=conf.backoff_max_seconds,
+            jitter=conf.backoff_jitter,
         )
 
     # --- the clone's side of the claim (models.py, steps 4 and 5) -------------------------------------
@@ -115,6 +105,25 @@ class RetryableTask(Task):
             # The database is unreachable: the failure must not vanish without a trace.
             logger.exception("could not record failed job; its payload follows so it can be re-sent: %r", failure)
             raise
+
+
+@task_failure.connect
+def _record_worker_lost(
+    sender: Task | None = None,
+    task_id: str = "",
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    """A call whose worker process died (SIGKILL, OOM) never reaches ``on_failure`` in that process.
+
+    Celery retries it like any other failure (``task_retry_on_worker_lost``); once those retries are used up,
+    the worker's main process sends ``task_failure`` with the call's request pushed, and it is recorded here.
+    """
+    if isinstance(sender, RetryableTask) and isinstance(exception, WorkerLostError):
+        sender.on_failure(exception, task_id, args, kwargs, einfo)
 
 
 def _header(request: Any, name: str) -> Any:

@@ -47,3 +47,13 @@ def fail_permanently(key: str) -> None:
 def succeed(key: str = "x") -> str:
     _redis().incr(f"runs:{key}")
     return "ok"
+
+
+@shared_task(name="tests.tasks.kill_own_worker")
+def kill_own_worker(key: str) -> None:
+    """Die the way an OOM-killed worker process dies: no exception, no ``on_failure`` in this process."""
+    import os
+    import signal
+
+    _redis().incr(f"runs:{key}")
+    os.kill(os.getpid(), signal.SIGKILL)
