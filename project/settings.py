@@ -8,6 +8,7 @@ live in the ``QUEUEING`` namespace below (see ``queueing/conf.py`` for each key,
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from pathlib import Path
 
@@ -115,7 +116,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+with contextlib.suppress(OSError):  # a read-only file system serves collected files only
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # WhiteNoise serves the admin's files straight from the installed apps: no collectstatic step needed.
 WHITENOISE_USE_FINDERS = True
 
@@ -144,7 +146,10 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_QUEUES = (Queue("default"), Queue("whatsapp-send"))
+CELERY_TASK_QUEUES = (
+    Queue("default", routing_key="default"),
+    Queue("whatsapp-send", routing_key="whatsapp-send"),
+)
 CELERY_TASK_ROUTES = {"messaging.tasks.*": {"queue": "whatsapp-send"}}
 # A task is acknowledged when it ends, so a worker killed mid-task leaves it on the broker for another.
 CELERY_TASK_ACKS_LATE = True

@@ -214,10 +214,10 @@ def _apply_failure(job: FailedJob, failure: Failure, *, policy: RetryPolicy, now
         attempts=failure.attempts,
         error=f"{failure.exception_class}: {failure.exception_message}"[:500],
     )
-    if failure.permanent:
-        reason = "permanent error: not retried automatically"
-    elif job.claimed_from == Status.DEAD:
+    if job.claimed_from == Status.DEAD:
         reason = "failed again after an operator's retry of a dead job"
+    elif failure.permanent:
+        reason = "permanent error: not retried automatically"
     elif job.retry_count >= policy.max_retries:
         reason = f"automatic retries used up ({job.retry_count} of {policy.max_retries})"
     else:

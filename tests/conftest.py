@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,9 @@ import tests.tasks  # noqa: F401  (registers the test tasks in this process too)
 # Settings read the environment once; make sure no QUEUEING_* from the shell changes what tests expect.
 for _name in [n for n in os.environ if n.startswith("QUEUEING_") and n != "QUEUEING_VAR_DIR"]:
     del os.environ[_name]
+
+#: The checkout: subprocesses run ``manage.py`` from here, wherever pytest was started.
+ROOT = Path(__file__).resolve().parent.parent
 
 #: Settings that run the whole lifecycle in seconds.
 FAST = {

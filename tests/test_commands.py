@@ -10,6 +10,7 @@ import redis
 from django.core.management import CommandError, call_command
 
 from queueing.models import FailedJob
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,6 +63,7 @@ def test_an_unknown_queue_exits_non_zero_from_the_shell(subprocess_env: dict[str
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=ROOT,
     )
     assert done.returncode != 0
     assert "unknown queue 'nope'; known queues: default, whatsapp-send" in done.stderr
@@ -93,7 +95,9 @@ def test_a_fresh_process_knows_the_projects_tasks(
         args=["default", "+15550001", "hi"],
     )
 
-    done = subprocess.run([sys.executable, *command], env=subprocess_env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, *command], env=subprocess_env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
 
     assert done.returncode == 0, done.stderr
     assert "sent 1" in done.stdout or "'retried': 1" in done.stdout, done.stdout

@@ -19,7 +19,7 @@ import requests
 from django.test import Client
 
 from queueing.models import FailedJob
-from tests.conftest import free_port, stop, wait_for
+from tests.conftest import ROOT, free_port, stop, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -36,7 +36,7 @@ class Gateway:
 
     def start(self) -> None:
         command = [sys.executable, "manage.py", "fake_whatsapp_gateway", "--port", str(self.port)]
-        self.process = subprocess.Popen([*command, "--store", str(self.store)], env=self.env)
+        self.process = subprocess.Popen([*command, "--store", str(self.store)], env=self.env, cwd=ROOT)
         wait_for(self.healthy, timeout=30, what="the gateway to answer")
 
     def crash(self) -> None:
@@ -77,7 +77,7 @@ def worker_with_beat(scenario_env: dict[str, str], gateway: Gateway, tmp_path: P
     command = [sys.executable, "-m", "celery", "-A", "project", "worker", "-B", "-l", "info", "-c", "2"]
     command += ["-n", f"scenario-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
     with log.open("w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         wait_for(lambda: "auto-retry started" in log.read_text(), timeout=60, what="the worker to start")
         yield log

@@ -13,7 +13,7 @@ import redis
 
 from queueing.models import FailedJob
 from tests import tasks
-from tests.conftest import stop, wait_for
+from tests.conftest import ROOT, stop, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -25,7 +25,7 @@ def test_a_call_whose_worker_process_is_killed_is_retried_then_recorded_as_faile
     command = [sys.executable, "-m", "celery", "-A", "project", "worker", "-P", "prefork", "-c", "1", "-l", "info"]
     command += ["--include", "tests.tasks", "-n", f"killed-{uuid.uuid4().hex[:8]}@%h", "--without-gossip"]
     with log.open("w") as out:
-        worker = subprocess.Popen(command, env=subprocess_env, stdout=out, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(command, env=subprocess_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         wait_for(lambda: "auto-retry started" in log.read_text(), timeout=60, what="the worker to start")
         key = uuid.uuid4().hex

@@ -1,0 +1,232 @@
+"""``bin/start`` (``python -m project.devstack``) starts the whole system from nothing and stops all of it.
+
+Real processes: an embedded Redis, a worker with Beat, runserver, the fake gateway and Flower, on free ports,
+with a SQLite database and var/ in a temporary directory. No database fixture: the stack has its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from project import devstack
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The whole test must end well within 90 s; these deadlines add up to less.
+START_DEADLINE_SECONDS = 45
+DELIVERY_DEADLINE_SECONDS = 15
+STOP_DEADLINE_SECONDS = 25
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def poll(check: Callable[[], Any], *, deadline_seconds: float, what: str) -> Any:
+    """``check()``'s first truthy result; fails naming ``what`` if there is none before the deadline."""
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            if result := check():
+                return result
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {deadline_seconds}s")
+        time.sleep(0.25)
+
+
+class Output:
+    """A process's output, read in a thread, searchable while it runs."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._new: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line)
+
+    def search(self, pattern: str) -> re.Match[str] | None:
+        for line in list(self.lines):
+            if match := re.search(pattern, line):
+                return match
+        return None
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def process_groups_alive(pgids: set[int]) -> list[str]:
+    """Processes (not zombies) still running in any of ``pgids``, as ``pid cmdline``."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        # Fields after the command name (which is in parentheses and may hold spaces): state ppid pgrp …
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) in pgids and state != "Z":
+            alive.append(f"{entry.name} {cmdline.strip()}")
+    return alive
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, dict[str, int]]]:
+    web, gateway, flower = free_ports(3)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"REDIS_URL", "QUEUEING_API_TOKEN", "WHATSAPP_GATEWAY_URL", "FLOWER_URL", "DJANGO_DEBUG"}
+        and not key.startswith("FLOWER_")
+    }
+    env |= {
+        "QUEUEING_VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "project.devstack"),
+            *("--web-port", str(web), "--gateway-port", str(gateway), "--flower-port", str(flower)),
+            *("--redis-port", "0"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        yield process, output, {"web": web, "gateway": gateway, "flower": flower}
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_DEADLINE_SECONDS)
+            except subprocess.TimeoutExpired:
+                # The stack could not stop itself: kill it, then each child's process group.
+                process.kill()
+                process.wait()
+                for match in re.finditer(r"started \S+ \(pid (\d+)\)", output.text()):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(int(match.group(1)), signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="counts leftover processes through /proc")
+def test_the_stack_starts_from_nothing_delivers_a_message_and_stops_every_child(
+    stack: tuple[subprocess.Popen[str], Output, dict[str, int]],
+) -> None:
+    process, output, ports = stack
+    web = f"http://127.0.0.1:{ports['web']}"
+    gateway = f"http://127.0.0.1:{ports['gateway']}"
+    flower = f"http://127.0.0.1:{ports['flower']}"
+    started = time.monotonic()
+
+    # Given the stack, started with no Redis, no database and no token
+    poll(
+        lambda: requests.get(f"{web}/admin/login/", timeout=2).status_code == 200,
+        deadline_seconds=START_DEADLINE_SECONDS,
+        what=f"the web server answering /admin/login/\n{output.text()}",
+    )
+    poll(
+        lambda: requests.get(f"{gateway}/health", timeout=2).json()["status"] == "ok",
+        deadline_seconds=START_DEADLINE_SECONDS,
+        what="the gateway answering /health",
+    )
+    summary = poll(
+        lambda: output.search(r"API token\s+(\S+)"),
+        deadline_seconds=START_DEADLINE_SECONDS,
+        what=f"the printed API token\n{output.text()}",
+    )
+    token = summary.group(1)
+    password = output.search(r"Admin .* user admin, password (\S+)")
+    assert password is not None, output.text()
+    assert "embedded Redis answers at redis://127.0.0.1:" in output.text()
+
+    # Flower is up, and only with the password
+    assert requests.get(f"{flower}/", timeout=5).status_code == 401
+    assert requests.get(f"{flower}/", auth=("admin", password.group(1)), timeout=5).status_code == 200
+
+    # When a message is sent through the API with the printed token
+    response = requests.post(
+        f"{web}/api/send-message",
+        json={"sessionId": "default", "to": "+15550100", "message": "hello from the test"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["jobId"]
+
+    # Then the worker delivers it to the gateway, keyed by the job id
+    delivered = poll(
+        lambda: [m for m in requests.get(f"{gateway}/messages", timeout=2).json() if m["idempotencyKey"] == job_id],
+        deadline_seconds=DELIVERY_DEADLINE_SECONDS,
+        what=f"the message at the gateway\n{output.text()}",
+    )
+    assert delivered[0]["message"] == "hello from the test"
+
+    # When the stack gets SIGTERM
+    pids = {int(m) for m in re.findall(r"started \S+ \(pid (\d+)\)", output.text())}
+    assert len(pids) == 5, output.text()  # redis, worker, web, gateway, flower
+    process.send_signal(signal.SIGTERM)
+
+    # Then it exits cleanly and no process of any child's group is left
+    assert process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, output.text()
+    assert process_groups_alive(pids) == []
+    assert "devstack: stopped" in output.text()
+    assert time.monotonic() - started < 90
+
+
+def test_a_port_in_use_is_refused_naming_the_flag_that_moves_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = devstack.Stack(devstack.parse_args(["--web-port", str(port)]))
+
+        with pytest.raises(devstack.StartupFailed, match=f"port {port} \\(web\\) is in use.*--web-port"):
+            stack.check_ports()
+
+
+def test_skipped_services_need_no_port() -> None:
+    stack = devstack.Stack(devstack.parse_args(["--no-gateway", "--no-flower"]))
+
+    assert [name for name, _, _ in stack.wanted_ports()] == ["web"]
+
+
+def test_a_redis_url_with_a_password_is_printed_without_it() -> None:
+    assert devstack.without_password("redis://:s3cret@redis.example:6379/0") == "redis://:***@redis.example:6379/0"
+    assert devstack.without_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
