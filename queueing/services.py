@@ -225,12 +225,18 @@ def _apply_failure(job: FailedJob, failure: Failure, *, policy: RetryPolicy, now
     _settle(job, dead_reason=reason, policy=policy, now=now)
 
 
+#: The claim fields of a job that no claim holds.
+NO_CLAIM: dict[str, Any] = {"claim_token": None, "claimed_by": "", "claimed_from": "", "lease_expires_at": None}
+
+
+def _clear_claim(job: FailedJob) -> None:
+    for name, value in NO_CLAIM.items():
+        setattr(job, name, value)
+
+
 def _settle(job: FailedJob, *, dead_reason: str, policy: RetryPolicy, now: datetime) -> None:
     """Leave a job ``dead`` (when there is a reason) or ``failed`` and due after the retry delay."""
-    job.claim_token = None
-    job.claimed_by = ""
-    job.claimed_from = ""
-    job.lease_expires_at = None
+    _clear_claim(job)
     job.status_reason = dead_reason
     if dead_reason:
         job.status = Status.DEAD
@@ -277,10 +283,7 @@ def record_success(*, job_id: int, claim_token: str, task_id: str, now: datetime
         job.status = Status.RESOLVED
         job.resolved_at = now
         job.status_reason = ""
-        job.claim_token = None
-        job.claimed_by = ""
-        job.claimed_from = ""
-        job.lease_expires_at = None
+        _clear_claim(job)
         job.latest_task_id = task_id
         job.add_event("resolved", now, task_id=task_id)
         job.save()
@@ -321,7 +324,7 @@ def _mark_unknown_tasks_dead(candidates: FailedJobQuerySet, *, now: datetime, li
 def _claim(candidates: FailedJobQuerySet, *, now: datetime, claimed_by: str, limit: int) -> tuple[list[FailedJob], int]:
     """Claim up to ``limit`` of ``candidates`` exclusively. Returns (claimed rows, rows of unknown tasks)."""
     token = uuid.uuid4()
-    counter = "retry_count" if claimed_by == ClaimedBy.SWEEP else "manual_retry_count"
+    counter = _retry_counter(claimed_by)
     with transaction.atomic():
         unknown = _mark_unknown_tasks_dead(candidates, now=now, limit=limit)
         ids_query = (
@@ -385,37 +388,32 @@ def _publish(jobs: Iterable[FailedJob], *, now: datetime) -> int:
 
 def _give_up(job: FailedJob, *, now: datetime, reason: str) -> None:
     """A claimed job that can never be sent as stored: dead, with the reason (the retry is given back)."""
-    counter = "retry_count" if job.claimed_by == ClaimedBy.SWEEP else "manual_retry_count"
     logger.error("job %s: %s; marked dead", job.pk, reason)
-    FailedJob.objects.filter(pk=job.pk, claim_token=job.claim_token, status=Status.RETRYING).update(
-        status=Status.DEAD,
-        status_reason=reason,
-        dead_at=now,
-        claim_token=None,
-        claimed_by="",
-        claimed_from="",
-        lease_expires_at=None,
-        next_retry_at=None,
-        updated_at=now,
-        **{counter: F(counter) - 1},
-    )
+    _unclaim(job, now=now, status=Status.DEAD, reason=reason, dead_at=now, next_retry_at=None)
 
 
 def _release(job: FailedJob, *, now: datetime, reason: str) -> None:
     """Undo a claim whose clone never ran: back to the state it came from, the retry given back."""
-    counter = "retry_count" if job.claimed_by == ClaimedBy.SWEEP else "manual_retry_count"
     back_to = job.claimed_from or Status.FAILED
+    _unclaim(job, now=now, status=back_to, reason=reason, next_retry_at=now if back_to == Status.FAILED else None)
+
+
+def _unclaim(job: FailedJob, *, now: datetime, status: str, reason: str, **fields: Any) -> None:
+    """End a claim whose clone never ran, if it is still ours, giving its retry back."""
+    counter = _retry_counter(job.claimed_by)
     FailedJob.objects.filter(pk=job.pk, claim_token=job.claim_token, status=Status.RETRYING).update(
-        status=back_to,
+        status=status,
         status_reason=reason,
-        claim_token=None,
-        claimed_by="",
-        claimed_from="",
-        lease_expires_at=None,
-        next_retry_at=now if back_to == Status.FAILED else None,
         updated_at=now,
+        **NO_CLAIM,
+        **fields,
         **{counter: F(counter) - 1},
     )
+
+
+def _retry_counter(claimed_by: str) -> str:
+    """The counter a claim adds to: automatic retries for the sweep's, manual ones for an operator's."""
+    return "retry_count" if claimed_by == ClaimedBy.SWEEP else "manual_retry_count"
 
 
 # --- the sweep ------------------------------------------------------------------------------------------
@@ -458,19 +456,14 @@ def _recover_expired_leases(*, now: datetime, policy: RetryPolicy, limit: int) -
         for job in jobs:
             if job.retry_started_at is None:
                 # The clone never started: the publish was lost. The retry was never attempted.
-                if job.claimed_by == ClaimedBy.SWEEP:
-                    job.retry_count -= 1
-                else:
-                    job.manual_retry_count -= 1
+                counter = _retry_counter(job.claimed_by)
+                setattr(job, counter, getattr(job, counter) - 1)
                 reason = "lease expired before the retry started (publish lost?); the retry was given back"
                 back_to = job.claimed_from or Status.FAILED
                 job.status = back_to
                 job.status_reason = reason if back_to == Status.FAILED else job.status_reason
                 job.next_retry_at = now if back_to == Status.FAILED else None
-                job.claim_token = None
-                job.claimed_by = ""
-                job.claimed_from = ""
-                job.lease_expires_at = None
+                _clear_claim(job)
             else:
                 # The clone started and never reported back (worker killed?): that retry is used up.
                 started = job.retry_started_at.isoformat()
