@@ -249,11 +249,8 @@ def _preview(verb: Verb, queryset: QuerySet[FailedJob]) -> dict[str, Any]:
 
 def _retry(ids: list[int], *, now: datetime) -> tuple[int, list[str]]:
     """``services.retry_now`` on exactly these ids. Returns (sent, phrases for those not sent)."""
-    registered = set(services.celery_app().tasks.keys())
-    unknown = FailedJob.objects.filter(pk__in=ids).exclude(task_name__in=registered).count()
-    sent = services.retry_now(ids=ids, now=now).retried
-    # A claimed job whose stored call no longer fits its task is made dead by services._publish, at ``now``.
-    unsendable = FailedJob.objects.filter(pk__in=ids, task_name__in=registered, status=Status.DEAD, dead_at=now).count()
+    outcome = services.retry_now(ids=ids, now=now)
+    sent, unknown, unsendable = outcome.retried, outcome.unknown, outcome.unsendable
     left = len(ids) - sent - unknown - unsendable
     phrases = []
     if unknown:

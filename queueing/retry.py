@@ -13,6 +13,8 @@ import logging
 import math
 from datetime import timedelta
 
+from django.utils import timezone
+
 from queueing import services
 from queueing.models import AutoRetryConfig
 from queueing.schedule import ensure_sweep_schedule
@@ -45,14 +47,18 @@ def start_auto_retry(
     interval = _seconds(check_interval, "check_interval")
     if interval is not None and interval < 1:
         raise ValueError(f"check_interval must be at least 1 second, got {check_interval!r}")
-    config, _ = AutoRetryConfig.objects.get_or_create(pk=1)
-    if max_retries is not None:
-        config.max_retries = max_retries
-    if delay is not None:
-        config.retry_delay_seconds = delay
-    if interval is not None:
-        config.check_interval_seconds = math.ceil(interval)
-    config.save()
+    changes = {
+        name: value
+        for name, value in (
+            ("max_retries", max_retries),
+            ("retry_delay_seconds", delay),
+            ("check_interval_seconds", None if interval is None else math.ceil(interval)),
+        )
+        if value is not None
+    }
+    AutoRetryConfig.objects.get_or_create(pk=1)
+    if changes:  # only these fields: a change made elsewhere at the same moment is kept
+        AutoRetryConfig.objects.filter(pk=1).update(**changes, updated_at=timezone.now())
     policy = services.current_policy()
     ensure_sweep_schedule(check_interval_seconds=policy.check_interval_seconds, enable=True)
     logger.info("auto-retry started: %s", services.describe(policy))

@@ -11,7 +11,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -294,8 +294,10 @@ def record_success(*, job_id: int, claim_token: str, task_id: str, now: datetime
 # --- claiming and sending -------------------------------------------------------------------------------
 
 
+UNKNOWN_TASK_PREFIX = "unregistered task: "
 UNKNOWN_TASK_REASON = (
-    "task {name!r} is not registered in this project: deploy the task (or fix its name), then retry the job"
+    UNKNOWN_TASK_PREFIX + "{name!r} is not registered in this project: deploy the task (or fix its name), "
+    "then retry the job"
 )
 
 
@@ -305,28 +307,35 @@ def _require_autocommit() -> None:
 
 
 def _mark_unknown_tasks_dead(candidates: FailedJobQuerySet, *, now: datetime, limit: int) -> int:
+    """Mark up to ``limit`` candidates whose task this project does not register dead, with the reason.
+
+    Rows already marked so are not counted again, so a caller can repeat this until it returns 0.
+    """
     registered = set(celery_app().tasks.keys())
-    ids = list(
-        candidates.filter(status=Status.FAILED).exclude(task_name__in=registered).values_list("id", flat=True)[:limit]
-    )
-    jobs = list(FailedJob.objects.filter(pk__in=ids, status=Status.FAILED))
-    for job in jobs:
-        job.status = Status.DEAD
-        job.dead_at = now
-        job.next_retry_at = None
-        job.status_reason = UNKNOWN_TASK_REASON.format(name=job.task_name)
-        job.add_event("dead", now, reason=job.status_reason)
-        job.save(update_fields=["status", "dead_at", "next_retry_at", "status_reason", "history", "updated_at"])
-        logger.error("job %s: %s", job.pk, job.status_reason)
+    with transaction.atomic():
+        jobs = list(
+            candidates.select_for_update()
+            .filter(status__in=[Status.FAILED, Status.DEAD])
+            .exclude(task_name__in=registered)
+            .exclude(status=Status.DEAD, status_reason__startswith=UNKNOWN_TASK_PREFIX)
+            .order_by("id")[:limit]
+        )
+        for job in jobs:
+            if job.status == Status.FAILED:
+                job.status, job.dead_at = Status.DEAD, now
+            job.next_retry_at = None
+            job.status_reason = UNKNOWN_TASK_REASON.format(name=job.task_name)
+            job.add_event("dead", now, reason=job.status_reason)
+            job.save(update_fields=["status", "dead_at", "next_retry_at", "status_reason", "history", "updated_at"])
+            logger.error("job %s: %s", job.pk, job.status_reason)
     return len(jobs)
 
 
-def _claim(candidates: FailedJobQuerySet, *, now: datetime, claimed_by: str, limit: int) -> tuple[list[FailedJob], int]:
-    """Claim up to ``limit`` of ``candidates`` exclusively. Returns (claimed rows, rows of unknown tasks)."""
+def _claim(candidates: FailedJobQuerySet, *, now: datetime, claimed_by: str, limit: int) -> list[FailedJob]:
+    """Claim up to ``limit`` of ``candidates`` whose task is registered, exclusively. Returns the claimed rows."""
     token = uuid.uuid4()
     counter = _retry_counter(claimed_by)
     with transaction.atomic():
-        unknown = _mark_unknown_tasks_dead(candidates, now=now, limit=limit)
         ids_query = (
             candidates.filter(task_name__in=set(celery_app().tasks.keys()))
             .order_by("next_retry_at", "id")
@@ -336,7 +345,7 @@ def _claim(candidates: FailedJobQuerySet, *, now: datetime, claimed_by: str, lim
             ids_query = ids_query.select_for_update(skip_locked=True)
         ids = list(ids_query[:limit])
         if not ids:
-            return [], unknown
+            return []
         # One conditional UPDATE: a row another sweep claimed in the meantime no longer matches.
         candidates.filter(pk__in=ids).update(
             claimed_from=F("status"),
@@ -350,40 +359,51 @@ def _claim(candidates: FailedJobQuerySet, *, now: datetime, claimed_by: str, lim
             updated_at=now,
             **{counter: F(counter) + 1},
         )
-        return list(FailedJob.objects.filter(claim_token=token).order_by("id")), unknown
+        return list(FailedJob.objects.filter(claim_token=token).order_by("id"))
 
 
-def _publish(jobs: Iterable[FailedJob], *, now: datetime) -> int:
-    """Send each claimed job as a fresh task call. Returns how many were sent; the rest are released."""
-    sent = 0
-    for job in jobs:
-        task = registered_task(job.task_name)
-        assert task is not None  # _claim only claims registered tasks
-        try:
-            task.apply_async(
-                args=job.args,
-                kwargs=job.kwargs,
-                task_id=job.clone_task_id(),
-                queue=job.queue,
-                priority=job.options.get("priority"),
-                headers={
-                    HEADER_JOB_ID: job.pk,
-                    HEADER_CLAIM: str(job.claim_token),
-                    HEADER_ORIGIN: job.origin_task_id,
-                },
-            )
-        except (TypeError, EncodeError) as exc:
-            # The stored call no longer fits the task (its signature changed) or cannot be encoded:
-            # sending it again cannot help until a person looks at it.
-            _give_up(job, now=now, reason=f"the stored call cannot be sent to {job.task_name}: {exc}"[:500])
-            continue
-        except Exception as exc:  # noqa: BLE001  (a broker error: give the claim back, keep going)
-            logger.error("job %s: could not send the retry (%r); claim released", job.pk, exc)
-            _release(job, now=now, reason=f"retry could not be sent: {exc!r}"[:500])
-            continue
-        sent += 1
-        logger.info("job %s (%s) sent again as %s by %s", job.pk, job.task_name, job.clone_task_id(), job.claimed_by)
-    return sent
+@dataclass(frozen=True)
+class PublishResult:
+    sent: int = 0
+    unsendable: int = 0  # the stored call no longer fits its task: now dead
+    refused: int = 0  # the broker refused: claim released, retry given back
+
+
+def _publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
+    """Send each claimed job as a fresh task call, over one broker connection."""
+    sent = unsendable = refused = 0
+    with celery_app().producer_or_acquire() as producer:
+        for job in jobs:
+            task = registered_task(job.task_name)
+            assert task is not None  # _claim only claims registered tasks
+            try:
+                task.apply_async(
+                    args=job.args,
+                    kwargs=job.kwargs,
+                    task_id=(task_id := job.clone_task_id()),
+                    queue=job.queue,
+                    priority=job.options.get("priority"),
+                    headers={
+                        HEADER_JOB_ID: job.pk,
+                        HEADER_CLAIM: str(job.claim_token),
+                        HEADER_ORIGIN: job.origin_task_id,
+                    },
+                    producer=producer,
+                )
+            except (TypeError, EncodeError) as exc:
+                # The stored call no longer fits the task (its signature changed) or cannot be encoded:
+                # sending it again cannot help until a person looks at it.
+                _give_up(job, now=now, reason=f"the stored call cannot be sent to {job.task_name}: {exc}"[:500])
+                unsendable += 1
+                continue
+            except Exception as exc:  # noqa: BLE001  (a broker error: give the claim back, keep going)
+                logger.error("job %s: could not send the retry (%r); claim released", job.pk, exc)
+                _release(job, now=now, reason=f"retry could not be sent: {exc!r}"[:500])
+                refused += 1
+                continue
+            sent += 1
+            logger.info("job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by)
+    return PublishResult(sent=sent, unsendable=unsendable, refused=refused)
 
 
 def _give_up(job: FailedJob, *, now: datetime, reason: str) -> None:
@@ -434,13 +454,10 @@ def sweep(*, now: datetime | None = None, batch_size: int | None = None) -> Swee
     limit = batch_size or get_settings().batch_size
     policy = current_policy()
     recovered = _recover_expired_leases(now=now, policy=policy, limit=limit)
-    claimed, unknown = _claim(
-        FailedJob.objects.due(now, max_retries=policy.max_retries),
-        now=now,
-        claimed_by=ClaimedBy.SWEEP,
-        limit=limit,
-    )
-    sent = _publish(claimed, now=now)
+    due = FailedJob.objects.due(now, max_retries=policy.max_retries)
+    unknown = _mark_unknown_tasks_dead(due, now=now, limit=limit)
+    claimed = _claim(due, now=now, claimed_by=ClaimedBy.SWEEP, limit=limit)
+    sent = _publish(claimed, now=now).sent
     result = SweepResult(recovered=recovered, claimed=len(claimed), sent=sent, unknown=unknown)
     if recovered or claimed or unknown:
         logger.info("sweep: %s", result)
@@ -483,8 +500,11 @@ def _recover_expired_leases(*, now: datetime, policy: RetryPolicy, limit: int) -
 
 @dataclass(frozen=True)
 class RetryOutcome:
-    total: int
-    retried: int
+    total: int  # failed and dead jobs found
+    retried: int  # sent
+    unknown: int = 0  # not sent: the task is not registered (marked dead with the reason)
+    unsendable: int = 0  # not sent: the stored call no longer fits the task (now dead)
+    refused: int = 0  # not sent: the broker refused; the run stopped there
 
     def as_dict(self) -> dict[str, int]:
         return {"total": self.total, "retried": self.retried}
@@ -507,39 +527,62 @@ def retry_now(
     check_queue(queue)
     now = now or timezone.now()
     limit = batch_size or get_settings().batch_size
-    # A job that fails again while this runs has last_failed_at > now and is not sent a second time.
-    candidates = FailedJob.objects.retryable_by_hand().in_queue(queue).filter(last_failed_at__lte=now)
+    # Each job at most once per call: one that fails again while this runs has last_failed_at > now, and one
+    # this run had to give up on (its stored call no longer fits its task) has dead_at == now.
+    candidates = (
+        FailedJob.objects.retryable_by_hand().in_queue(queue).filter(last_failed_at__lte=now).exclude(dead_at__gte=now)
+    )
     if ids is not None:
         candidates = candidates.filter(pk__in=list(ids))
     total = candidates.count()
     if dry_run:
         return RetryOutcome(total=total, retried=0)
-    retried = 0
-    while True:
-        claimed, _ = _claim(candidates, now=now, claimed_by=ClaimedBy.OPERATOR, limit=limit)
-        if not claimed:
-            break
-        sent = _publish(claimed, now=now)
-        retried += sent
-        if sent < len(claimed):
+    unknown = 0
+    while marked := _mark_unknown_tasks_dead(candidates, now=now, limit=limit):
+        unknown += marked
+    retried = unsendable = refused = 0
+    while claimed := _claim(candidates, now=now, claimed_by=ClaimedBy.OPERATOR, limit=limit):
+        result = _publish(claimed, now=now)
+        retried, unsendable = retried + result.sent, unsendable + result.unsendable
+        if result.refused:
+            refused = result.refused
             break  # the broker refuses: stop rather than spin on the released rows
-    return RetryOutcome(total=total, retried=retried)
+    return RetryOutcome(total=total, retried=retried, unknown=unknown, unsendable=unsendable, refused=refused)
 
 
-def discard(*, ids: Iterable[int], now: datetime | None = None) -> int:
-    """Give up on failed or dead jobs. Returns how many were discarded."""
+def discard(*, ids: Iterable[int], now: datetime | None = None, reason: str = "discarded by an operator") -> int:
+    """Give up on failed or dead jobs (final). Returns how many were discarded."""
     now = now or timezone.now()
-    return FailedJob.objects.filter(pk__in=list(ids), status__in=[Status.FAILED, Status.DEAD]).update(
-        status=Status.DISCARDED, discarded_at=now, next_retry_at=None, updated_at=now
-    )
+
+    def apply(job: FailedJob) -> None:
+        job.status, job.discarded_at = Status.DISCARDED, now
+
+    return _operator_transition(ids, allowed=[Status.FAILED, Status.DEAD], apply=apply, now=now, reason=reason)
 
 
 def mark_dead(*, ids: Iterable[int], now: datetime | None = None, reason: str = "marked dead by an operator") -> int:
     """Stop automatic retries of failed jobs. Returns how many became dead."""
     now = now or timezone.now()
-    return FailedJob.objects.filter(pk__in=list(ids), status=Status.FAILED).update(
-        status=Status.DEAD, dead_at=now, next_retry_at=None, status_reason=reason, updated_at=now
-    )
+
+    def apply(job: FailedJob) -> None:
+        job.status, job.dead_at = Status.DEAD, now
+
+    return _operator_transition(ids, allowed=[Status.FAILED], apply=apply, now=now, reason=reason)
+
+
+def _operator_transition(
+    ids: Iterable[int], *, allowed: list[str], apply: Callable[[FailedJob], None], now: datetime, reason: str
+) -> int:
+    """Move the given jobs that are in an ``allowed`` state, each with a history event. Others are left alone."""
+    with transaction.atomic():
+        jobs = list(FailedJob.objects.select_for_update().filter(pk__in=list(ids), status__in=allowed).order_by("pk"))
+        for job in jobs:
+            apply(job)
+            job.next_retry_at = None
+            job.status_reason = reason
+            job.add_event(job.status, now, reason=reason)
+            job.save()
+    return len(jobs)
 
 
 def require_status(job: FailedJob, *allowed: str) -> None:

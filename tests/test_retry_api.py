@@ -98,3 +98,16 @@ def test_retry_all_failed_answers_total_and_retried(make_failed_job: Any, broker
     assert get_retry_manager().retry_all_failed("whatsapp-send") == {"total": 2, "retried": 2}
     assert broker.llen("whatsapp-send") == 2
     assert broker.llen("default") == 0
+
+
+def test_the_sweep_schedule_survives_duplicate_intervals_made_in_the_admin() -> None:
+    from django_celery_beat.models import IntervalSchedule
+
+    # Given two identical intervals (django-celery-beat allows them)
+    IntervalSchedule.objects.create(every=45, period=IntervalSchedule.SECONDS)
+    IntervalSchedule.objects.create(every=45, period=IntervalSchedule.SECONDS)
+
+    start_auto_retry(check_interval=45)
+    call_command("migrate", verbosity=0)
+
+    assert sweep_task().interval.every == 45

@@ -205,3 +205,45 @@ def test_a_stored_call_that_no_longer_fits_its_task_is_marked_dead_not_resent_fo
     assert "cannot be sent to tests.tasks.fail_times" in job.status_reason
     assert "missing 1 required positional argument: 'times'" in job.status_reason
     assert published(broker, "q1") == []
+
+
+def test_a_bulk_retry_goes_on_past_jobs_it_cannot_send(broker: redis.Redis, make_failed_job: Any) -> None:
+    # Given a queue where the first batch holds only calls that no longer fit their task
+    misfits = [make_failed_job(queue="q1", task_name="tests.tasks.fail_times", args=["x"]) for _ in range(3)]
+    sendable = [make_failed_job(queue="q1") for _ in range(3)]
+
+    outcome = services.retry_now(queue="q1", batch_size=2)
+
+    assert (outcome.total, outcome.retried, outcome.unsendable, outcome.refused) == (6, 3, 3, 0)
+    assert sorted(h[services.HEADER_JOB_ID] for h in published(broker, "q1")) == [j.pk for j in sendable]
+    assert {FailedJob.objects.get(pk=j.pk).status for j in misfits} == {Status.DEAD}
+
+
+def test_a_bulk_retry_tells_dead_jobs_of_unknown_tasks_apart_once(broker: redis.Redis, make_failed_job: Any) -> None:
+    job = make_failed_job(queue="q1", task_name="tests.tasks.gone", status=Status.DEAD, status_reason="old reason")
+
+    first = services.retry_now(queue="q1")
+    second = services.retry_now(queue="q1")
+
+    assert (first.total, first.retried, first.unknown) == (1, 0, 1)
+    assert (second.total, second.retried, second.unknown) == (1, 0, 0)
+    job.refresh_from_db()
+    assert job.status == Status.DEAD
+    assert job.status_reason.startswith("unregistered task: 'tests.tasks.gone' is not registered")
+    assert published(broker, "q1") == []
+
+
+def test_discarding_and_marking_dead_leave_an_event_in_the_history(make_failed_job: Any, now: Any) -> None:
+    failed, dead, busy = make_failed_job(), make_failed_job(status=Status.DEAD), make_failed_job(status=Status.RETRYING)
+
+    assert services.mark_dead(ids=[failed.pk, busy.pk], now=now, reason="broken for good") == 1
+    assert services.discard(ids=[dead.pk, busy.pk], now=now) == 1
+
+    failed.refresh_from_db()
+    dead.refresh_from_db()
+    busy.refresh_from_db()
+    assert (failed.status, failed.dead_at, failed.status_reason) == (Status.DEAD, now, "broken for good")
+    assert failed.history[-1] == {"event": "dead", "at": now.isoformat(), "reason": "broken for good"}
+    assert (dead.status, dead.discarded_at) == (Status.DISCARDED, now)
+    assert dead.history[-1]["event"] == "discarded"
+    assert busy.status == Status.RETRYING
