@@ -20,6 +20,26 @@ API_TOKEN              ""       bearer token of the JSON API; empty: only staff 
 TRACEBACK_MAX_CHARS    10000    stored traceback is cut to its last this-many characters
 MESSAGE_MAX_CHARS      2000     stored exception message is cut to this many characters
 =====================  =======  ==========================================================================
+
+Queue status (``queueing/status.py``: the API, ``check_queue`` and ``/metrics``) and alerts
+(``queueing/alerts.py``):
+
+==============================  =========================  ===========================================================
+key                             default                    meaning
+==============================  =========================  ===========================================================
+STATUS_BROKER_TIMEOUT_SECONDS   0.5                        seconds to wait for Redis (connect, then each reply)
+STATUS_INSPECT_TIMEOUT_SECONDS  1.0                        seconds a broadcast to the workers waits for their replies
+STATUS_WORKERS_CACHE_SECONDS    5.0                        seconds the workers' report (active, delayed) is reused
+STATUS_COUNTS_CACHE_SECONDS     1.0                        seconds the failed/dead counts and recent failures are
+                                                           reused; 0: query the database on every request
+ALERT_SINKS                     queueing.alerts.LogSink    dotted paths of the alert sinks (comma-separated in the
+                                                           environment); ``queueing.alerts.MailAdminsSink`` and
+                                                           ``queueing.alerts.WebhookSink`` ship too
+ALERT_FAILED_THRESHOLD          10                         alert when a queue has at least this many failed jobs; 0: off
+ALERT_DEAD_THRESHOLD            1                          alert when a queue has at least this many dead jobs; 0: off
+ALERT_WEBHOOK_URL               ""                         where ``WebhookSink`` POSTs (Slack-compatible JSON)
+ALERT_WEBHOOK_TIMEOUT_SECONDS   5.0                        seconds one webhook POST may take
+==============================  =========================  ===========================================================
 """
 
 from __future__ import annotations
@@ -52,6 +72,15 @@ class QueueingSettings:
     api_token: str = dataclasses.field(default="", repr=False)
     traceback_max_chars: int = 10_000
     message_max_chars: int = 2_000
+    status_broker_timeout_seconds: float = 0.5
+    status_inspect_timeout_seconds: float = 1.0
+    status_workers_cache_seconds: float = 5.0
+    status_counts_cache_seconds: float = 1.0
+    alert_sinks: tuple[str, ...] = ("queueing.alerts.LogSink",)
+    alert_failed_threshold: int = 10
+    alert_dead_threshold: int = 1
+    alert_webhook_url: str = dataclasses.field(default="", repr=False)
+    alert_webhook_timeout_seconds: float = 5.0
 
 
 #: settings key -> (field name, parser, smallest allowed value or None)
@@ -68,6 +97,15 @@ _KEYS: dict[str, tuple[str, type, float | None]] = {
     "API_TOKEN": ("api_token", str, None),
     "TRACEBACK_MAX_CHARS": ("traceback_max_chars", int, 100),
     "MESSAGE_MAX_CHARS": ("message_max_chars", int, 10),
+    "STATUS_BROKER_TIMEOUT_SECONDS": ("status_broker_timeout_seconds", float, 0.01),
+    "STATUS_INSPECT_TIMEOUT_SECONDS": ("status_inspect_timeout_seconds", float, 0.01),
+    "STATUS_WORKERS_CACHE_SECONDS": ("status_workers_cache_seconds", float, 0),
+    "STATUS_COUNTS_CACHE_SECONDS": ("status_counts_cache_seconds", float, 0),
+    "ALERT_SINKS": ("alert_sinks", tuple, None),
+    "ALERT_FAILED_THRESHOLD": ("alert_failed_threshold", int, 0),
+    "ALERT_DEAD_THRESHOLD": ("alert_dead_threshold", int, 0),
+    "ALERT_WEBHOOK_URL": ("alert_webhook_url", str, None),
+    "ALERT_WEBHOOK_TIMEOUT_SECONDS": ("alert_webhook_timeout_seconds", float, 0.01),
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -85,6 +123,12 @@ def _parse(key: str, source: str, raw: Any, kind: type, minimum: float | None) -
         raise ImproperlyConfigured(f"{where} must be true or false, got {raw!r}")
     if kind is str:
         return str(raw)
+    if kind is tuple:
+        # A list of names: a list or tuple in settings, comma-separated text in the environment.
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+            raise ImproperlyConfigured(f"{where} must be a list of strings (comma-separated in the environment)")
+        return tuple(item.strip() for item in items if item.strip())
     try:
         value = kind(raw)
         if kind is int and isinstance(raw, float) and raw != value:

@@ -176,3 +176,30 @@ class AutoRetryConfig(models.Model):
 
     def __str__(self) -> str:
         return "auto-retry configuration"
+
+
+class AlertState(models.Model):
+    """Whether the alert on one queue's figure is firing (``queueing/alerts.py``). One row per (queue, metric).
+
+    Rows flip with a conditional ``UPDATE … WHERE firing = <old value>``: of two sweeps that see the same
+    crossing, one changes the row and sends the alert; the other changes nothing and sends nothing.
+    """
+
+    class Metric(models.TextChoices):
+        FAILED = "failed", "Failed jobs"
+        DEAD = "dead", "Dead jobs"
+
+    queue = models.CharField(max_length=200)
+    metric = models.CharField(max_length=16, choices=Metric.choices)
+    firing = models.BooleanField(default=False)
+    value = models.PositiveIntegerField(default=0, help_text="The count when the state last changed.")
+    threshold = models.PositiveIntegerField(default=0, help_text="The threshold in force at that change.")
+    changed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["queue", "metric"], name="queueing_alertstate_queue_metric_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.queue} {self.metric}: {'firing' if self.firing else 'ok'}"

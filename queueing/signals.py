@@ -1,11 +1,26 @@
-"""Worker and Beat start-up: make sure the sweep is scheduled and say that auto-retry runs, and how."""
+"""Worker and Beat start-up, and the counters behind the queue status and ``/metrics``.
+
+Start-up: make sure the sweep is scheduled and say that auto-retry runs, and how.
+
+Counters (kept in the broker's Redis by ``queueing.status.count``, one hash per counter, field = queue;
+they count across every process and survive restarts of the web and worker processes):
+
+- ``completed``: a task succeeded (``task_success``, in the worker that ran it).
+- ``resolved``: a retry (a clone sent by the sweep or an operator) succeeded.
+- ``failed``: a task failed for good after its immediate retries (``task_failure``) and is recorded.
+- ``retried``: a retry was published (``after_task_publish`` of a message carrying the claim headers).
+
+Each handler costs one Redis round trip and never raises: a metric must not fail a task.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from celery.signals import beat_init, worker_ready
+from celery.signals import after_task_publish, beat_init, task_failure, task_success, worker_ready
+
+from queueing import alerts  # noqa: F401  (registers the ALERT_SINKS system check)
 
 logger = logging.getLogger(__name__)
 
@@ -23,3 +38,49 @@ def _log_auto_retry_started(sender: Any = None, **_: Any) -> None:
 
     policy = services.current_policy()
     logger.info("auto-retry started: %s", services.describe(policy))
+
+
+# --- counters ----------------------------------------------------------------------------------------------
+
+
+def _queue_of(task: Any) -> str:
+    delivery = getattr(task.request, "delivery_info", None) or {}
+    return delivery.get("routing_key") or task.queue or task.app.conf.task_default_queue
+
+
+def _is_retry(request: Any) -> bool:
+    """Whether the running call is a clone (it carries the claim headers ``services._publish`` adds)."""
+    from queueing.services import HEADER_JOB_ID
+
+    if getattr(request, HEADER_JOB_ID, None) is not None:
+        return True
+    return (getattr(request, "headers", None) or {}).get(HEADER_JOB_ID) is not None
+
+
+@task_success.connect
+def _count_success(sender: Any = None, **_: Any) -> None:
+    from queueing import status
+
+    queue = _queue_of(sender)
+    status.count("completed", queue)
+    if _is_retry(sender.request):
+        status.count("resolved", queue)
+
+
+@task_failure.connect
+def _count_failure(sender: Any = None, **_: Any) -> None:
+    from queueing import status
+
+    if getattr(sender, "record_failures", False):
+        status.count("failed", _queue_of(sender))
+
+
+@after_task_publish.connect
+def _count_retry_sent(
+    sender: Any = None, headers: dict[str, Any] | None = None, routing_key: str = "", **_: Any
+) -> None:
+    from queueing import status
+    from queueing.services import HEADER_JOB_ID
+
+    if (headers or {}).get(HEADER_JOB_ID) is not None:
+        status.count("retried", routing_key or "?")

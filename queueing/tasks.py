@@ -135,8 +135,15 @@ def _header(request: Any, name: str) -> Any:
 
 @shared_task(name="queueing.sweep_failed_jobs", autoretry_for=(), record_failures=False, ignore_result=True)
 def sweep_failed_jobs() -> dict[str, int]:
-    """Beat sends this every ``CHECK_INTERVAL``; a worker runs it. Re-sends due failed jobs."""
+    """Beat sends this every ``CHECK_INTERVAL``; a worker runs it. Re-sends due failed jobs, then alerts."""
+    import time
+
+    from queueing import alerts, status
+
+    started = time.monotonic()
     result = services.sweep()
+    status.record_sweep_duration(time.monotonic() - started)
+    alerts.evaluate_safely()  # fires on a threshold crossing; never raises
     return {
         "recovered": result.recovered,
         "claimed": result.claimed,

@@ -1,0 +1,129 @@
+"""``GET /metrics``: the queue status and the retry system's counters for Prometheus.
+
+A custom collector reads everything at scrape time, so the numbers are the same whichever web process
+answers: gauges from ``queueing/status.py`` (the figures of ``GET /api/queue/status``, cached the same way),
+counters and the sweep-duration histogram from the Redis hashes the workers write
+(``queueing/signals.py``, ``status.record_sweep_duration``), alert states from ``AlertState``. No
+prometheus_client multiprocess directory is needed: no metric lives in a process's memory.
+
+Guarded like the API (bearer token or staff session; 401/403 otherwise). In ``prometheus.yml``::
+
+    - job_name: queueing
+      authorization: {credentials: "<QUEUEING_API_TOKEN>"}
+      static_configs: [{targets: ["web:8000"]}]
+
+Series (``queue`` label on each but the last three):
+
+=====================================  =========  ==============================================================
+name                                   type       meaning
+=====================================  =========  ==============================================================
+queueing_queue_jobs{state}             gauge      waiting, active, delayed, failed, dead, retrying (absent when
+                                                  the figure is unavailable)
+queueing_tasks_completed_total         counter    tasks that succeeded
+queueing_jobs_failed_total             counter    calls that failed for good and were recorded
+queueing_jobs_retried_total            counter    retries sent (sweep and operators)
+queueing_jobs_resolved_total           counter    retries that succeeded
+queueing_alert_firing{metric}          gauge      1 while the alert on failed/dead is firing
+queueing_sweep_duration_seconds        histogram  how long each sweep took
+queueing_workers                       gauge      workers that answered the latest broadcast (absent if none did)
+queueing_status_source_up{source}      gauge      1 if the broker / the workers answered
+=====================================  =========  ==============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from queueing import status
+from queueing.api import access_problem, method_not_allowed
+from queueing.models import AlertState
+
+logger = logging.getLogger(__name__)
+
+#: The figures exported as ``queueing_queue_jobs{state=…}``.
+GAUGE_STATES = ("waiting", "active", "delayed", "failed", "dead", "retrying")
+
+#: counter in Redis -> (metric name without ``_total``, help)
+COUNTER_METRICS = {
+    "completed": ("queueing_tasks_completed", "Tasks that succeeded."),
+    "failed": ("queueing_jobs_failed", "Calls that failed for good (after their immediate retries) and were recorded."),
+    "retried": ("queueing_jobs_retried", "Retries sent, by the sweep or by an operator."),
+    "resolved": ("queueing_jobs_resolved", "Retries that succeeded."),
+}
+
+
+class QueueingCollector(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        report = status.queue_status()
+        queues = list(report.queues)
+
+        jobs = GaugeMetricFamily("queueing_queue_jobs", "Jobs per queue and state.", labels=["queue", "state"])
+        for name, figures in report.queues.items():
+            for state in GAUGE_STATES:
+                if (value := getattr(figures, state)) is not None:
+                    jobs.add_metric([name, state], value)
+        yield jobs
+
+        up = GaugeMetricFamily(
+            "queueing_status_source_up", "1 if the source of these figures answered.", labels=["source"]
+        )
+        up.add_metric(["broker"], 0 if "waiting" in report.unavailable else 1)
+        up.add_metric(["workers"], 0 if "active" in report.unavailable else 1)
+        yield up
+        if "active" not in report.unavailable:
+            yield GaugeMetricFamily(
+                "queueing_workers", "Workers that answered the latest broadcast.", value=len(report.workers)
+            )
+
+        try:
+            counters = status.counters()
+        except status.Unavailable as exc:
+            logger.warning("metrics: counters unavailable: %s", exc)
+        else:
+            for counter, (name, documentation) in COUNTER_METRICS.items():
+                family = CounterMetricFamily(name, documentation, labels=["queue"])
+                values = counters[counter]
+                for queue in sorted(set(queues) | set(values)):
+                    family.add_metric([queue], values.get(queue, 0))
+                yield family
+
+        firing = GaugeMetricFamily(
+            "queueing_alert_firing", "1 while the alert on a queue's figure is firing.", labels=["queue", "metric"]
+        )
+        for state in AlertState.objects.order_by("queue", "metric"):
+            firing.add_metric([state.queue, state.metric], 1 if state.firing else 0)
+        yield firing
+
+        try:
+            buckets, _, total_seconds = status.sweep_durations()
+        except status.Unavailable as exc:
+            logger.warning("metrics: sweep durations unavailable: %s", exc)
+        else:
+            yield HistogramMetricFamily(
+                "queueing_sweep_duration_seconds", "How long each sweep took.", buckets=buckets, sum_value=total_seconds
+            )
+
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(QueueingCollector())
+
+
+@csrf_exempt  # read-only; a POST gets its 405 instead of a CSRF failure
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        return method_not_allowed(request, "GET, HEAD")
+    if (problem := access_problem(request)) is not None:
+        code, message = problem
+        response = JsonResponse({"error": message}, status=code)
+        if code == 401:
+            response["WWW-Authenticate"] = "Bearer"
+        return response
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return HttpResponse(encoder(REGISTRY), content_type=content_type)
