@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "ninja",  # serves the interactive API docs' scripts locally, not from a CDN
     "queueing",
     "messaging",
 ]

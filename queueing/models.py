@@ -131,6 +131,8 @@ class FailedJob(models.Model):
             ),
             models.Index(fields=["queue", "status"], name="queueing_failedjob_queue_idx"),
             models.Index(fields=["status", "-last_failed_at"], name="queueing_failedjob_recent_idx"),
+            # The default ordering (the admin's unfiltered list, newest first).
+            models.Index(fields=["-last_failed_at", "-id"], name="queueing_failedjob_newest_idx"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -92,12 +92,16 @@ def registered_task(name: str) -> Task | None:
     return celery_app().tasks.get(name)
 
 
-def known_queues() -> list[str]:
-    """Queues the Celery app declares (``task_queues`` and the default queue) plus those of recorded jobs."""
+def declared_queues() -> set[str]:
+    """The queues the Celery app declares (``task_queues`` and the default queue), without a query."""
     app = celery_app()
-    declared = {q.name for q in (app.conf.task_queues or ())} | {app.conf.task_default_queue}
+    return {q.name for q in (app.conf.task_queues or ())} | {app.conf.task_default_queue}
+
+
+def known_queues() -> list[str]:
+    """Queues the Celery app declares plus those of recorded jobs."""
     recorded = set(FailedJob.objects.order_by().values_list("queue", flat=True).distinct())
-    return sorted(declared | recorded)
+    return sorted(declared_queues() | recorded)
 
 
 def check_queue(name: str | None) -> None:

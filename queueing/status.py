@@ -167,7 +167,7 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
         # Redis does not answer: say so once, and do not wait for it again in this request.
         client, broker_problem = None, f"the broker did not answer: {_describe(exc)}"
         jobs = _query_jobs()
-    names = sorted(declared_queues() | set(jobs["counts"]))
+    names = sorted(services.declared_queues() | set(jobs["counts"]))
     if queue is not None:
         if queue not in names:
             services.check_queue(queue)  # UnknownQueue, listing the known ones, unless it has only old rows
@@ -210,12 +210,6 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
         workers_reported_at=_datetime(workers.get("at")),
         counts_as_of=_datetime(jobs["at"]),
     )
-
-
-def declared_queues() -> set[str]:
-    """The queues the Celery app declares (``task_queues`` and the default queue), without a query."""
-    app = services.celery_app()
-    return {q.name for q in (app.conf.task_queues or ())} | {app.conf.task_default_queue}
 
 
 # --- the database: counts and the newest failures -----------------------------------------------------------

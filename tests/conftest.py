@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -77,6 +78,16 @@ def configure(settings: Any) -> Callable[..., dict[str, Any]]:
 
     apply()
     return apply
+
+
+@pytest.fixture(autouse=True)
+def no_refresh_left_behind() -> Iterator[None]:
+    """Wait for the status refreshes a test started in the background (queueing/status.py), so that they
+    cannot write into the next test's Redis."""
+    yield
+    for thread in threading.enumerate():
+        if thread.name.startswith("refresh queueing:"):
+            thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,6 @@ import requests
 from django.contrib.auth.models import User
 from django.test import Client
 
-from tests.test_status_api import no_refresh_left_behind  # noqa: F401  (autouse fixture)
-
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TOKEN = "quality-token-0123456789"

@@ -19,7 +19,6 @@ from django.test import Client
 from queueing.api import StatusOut
 from queueing.models import FailedJob
 from tests.conftest import ROOT
-from tests.test_status_api import no_refresh_left_behind  # noqa: F401  (autouse fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,7 +16,6 @@ from queueing.models import FailedJob
 from queueing.tasks import sweep_failed_jobs
 from tests import tasks
 from tests.conftest import wait_for
-from tests.test_status_api import no_refresh_left_behind  # noqa: F401  (autouse fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

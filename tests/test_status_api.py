@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,15 +30,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 TOKEN = "test-token-0123456789"
 Status = FailedJob.Status
-
-
-@pytest.fixture(autouse=True)
-def no_refresh_left_behind() -> Iterator[None]:
-    """Wait for the background refreshes a test started, so they cannot write into the next test's Redis."""
-    yield
-    for thread in threading.enumerate():
-        if thread.name.startswith("refresh queueing:"):
-            thread.join(timeout=10)
 
 
 @pytest.fixture
