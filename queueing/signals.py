@@ -60,7 +60,10 @@ def _is_retry(request: Any) -> bool:
 @task_success.connect
 def _count_success(sender: Any = None, **_: Any) -> None:
     from queueing import status
+    from queueing.schedule import SWEEP_TASK
 
+    if sender is None or sender.name == SWEEP_TASK:
+        return  # the sweep's own runs are housekeeping, not jobs
     queue = _queue_of(sender)
     status.count("completed", queue)
     if _is_retry(sender.request):

@@ -67,6 +67,9 @@ COUNTERS = ("completed", "failed", "retried", "resolved")
 #: Upper bounds (seconds) of the sweep-duration histogram's buckets.
 SWEEP_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+#: Seconds past ``STATUS_COUNTS_CACHE_SECONDS`` that an out-of-date copy of the counts may still be answered.
+STALE_COUNTS_GRACE_SECONDS = 3.0
+
 _WORKERS_KEY = "queueing:status:workers"
 _JOBS_KEY = "queueing:status:jobs"
 _SWEEP_KEY = "queueing:sweep:duration"
@@ -157,12 +160,13 @@ class StatusReport:
 def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) -> StatusReport:
     """Every known queue's figures (or only ``queue``'s; an unknown name raises ``UnknownQueue``).
 
-    ``wait_for_workers``: when the workers' report is out of date, ask them now and wait for the answer
-    (up to two broadcasts) instead of answering ``None`` for ``active`` and ``delayed``.
+    ``wait_for_workers`` (for one-off readers such as ``check_queue``): count the jobs now rather than take
+    the shared copy, and when the workers' report is out of date, ask them and wait for the answer (up to
+    two broadcasts) instead of answering ``None`` for ``active`` and ``delayed``.
     """
     client, broker_problem = _client_or_reason()
     try:
-        jobs = job_snapshot(client=client)
+        jobs = job_snapshot(client=client, max_age_seconds=0 if wait_for_workers else None)
     except redis.RedisError as exc:
         # Redis does not answer: say so once, and do not wait for it again in this request.
         client, broker_problem = None, f"the broker did not answer: {_describe(exc)}"
@@ -219,8 +223,9 @@ def job_snapshot(*, client: redis.Redis | None = None, max_age_seconds: float | 
     """``{"at", "counts": {queue: {status: n}}, "recent": {queue: [RecentFailure fields]}}``.
 
     Kept in Redis for ``max_age_seconds`` (default ``STATUS_COUNTS_CACHE_SECONDS``; 0: always query). An
-    out-of-date copy is still answered while one process refreshes it in the background; only when there
-    is no copy at all does a request wait for the query.
+    out-of-date copy is still answered while one process refreshes it in the background, but only for a
+    few seconds more: after that it is gone, and the next request waits for the query, so that a reader
+    who comes after a quiet spell never gets old counts.
     """
     max_age = get_settings().status_counts_cache_seconds if max_age_seconds is None else max_age_seconds
     if max_age <= 0 or client is None:
@@ -229,7 +234,7 @@ def job_snapshot(*, client: redis.Redis | None = None, max_age_seconds: float | 
         client,
         _JOBS_KEY,
         fresh_seconds=max_age,
-        keep_seconds=max(60.0, 10 * max_age),
+        keep_seconds=max_age + STALE_COUNTS_GRACE_SECONDS,
         lock_seconds=60.0,
         wait_seconds=5.0,
         compute=_query_jobs,

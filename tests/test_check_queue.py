@@ -119,3 +119,19 @@ def test_a_broker_that_does_not_answer_is_reported_not_waited_for(
     assert queue["unavailable"] == ["waiting", "active", "completed", "delayed"]
     assert body["unavailable"]["waiting"].startswith("the broker did not answer: TimeoutError")
     assert elapsed < 20, elapsed  # the process start-up is most of it; the broker costs one 0.5 s timeout
+
+
+def test_it_counts_afresh_even_when_the_status_api_has_a_cached_copy(
+    make_failed_job: Any, broker: redis.Redis, configure: Any
+) -> None:
+    configure(STATUS_INSPECT_TIMEOUT_SECONDS=0.2, STATUS_COUNTS_CACHE_SECONDS=60, API_TOKEN="t0ken")
+    job = make_failed_job(queue="whatsapp-send")
+    # Given a dashboard that just read the counts (now cached for a minute)
+    response = Client().get("/api/queue/status", headers={"Authorization": "Bearer t0ken"})
+    assert response.json()["queues"]["whatsapp-send"]["failed"] == 1
+
+    # When the job is resolved
+    FailedJob.objects.filter(pk=job.pk).update(status=Status.RESOLVED)
+
+    # Then check_queue shows it at once
+    assert "  Failed:    0\n" in run("--queue", "whatsapp-send")

@@ -129,3 +129,20 @@ def test_a_firing_alert_is_a_gauge(client: Client, broker: redis.Redis, make_fai
     samples = scrape(client)
 
     assert samples[("queueing_alert_firing", (("metric", "dead"), ("queue", "whatsapp-send")))] == 1
+
+
+def test_the_sweeps_own_runs_are_not_counted_as_completed_jobs(celery_worker: Any, broker: Any) -> None:
+    from queueing import status
+    from queueing.tasks import sweep_failed_jobs
+    from tests import tasks
+    from tests.conftest import wait_for
+
+    sweep_failed_jobs.delay()
+    tasks.succeed.delay("counted")
+
+    wait_for(lambda: broker.get("runs:counted"), what="the job to run")
+    wait_for(lambda: status.counters()["completed"].get("default") == 1, what="the job to be counted")
+    sweep_failed_jobs.delay()
+    tasks.succeed.delay("counted-too")
+    wait_for(lambda: status.counters()["completed"].get("default") == 2, what="the second job to be counted")
+    assert status.counters()["completed"] == {"default": 2}
