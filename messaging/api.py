@@ -9,6 +9,7 @@ from ninja import Router, Schema, Status
 from pydantic import Field
 
 from messaging.tasks import send_whatsapp_message
+from queueing.api import ERRORS
 
 router = Router(tags=["messaging"])
 
@@ -23,7 +24,7 @@ class SendMessageOut(Schema):
     jobId: str
 
 
-@router.post("/send-message", response={202: SendMessageOut})
+@router.post("/send-message", response={202: SendMessageOut, **ERRORS})
 def send_message(request: HttpRequest, payload: SendMessageIn) -> Status[dict[str, Any]]:
     """Queue a message on ``whatsapp-send``. ``jobId`` is the task id (its FailedJob's ``origin_task_id``)."""
     result = send_whatsapp_message.delay(payload.sessionId, payload.to, payload.message)

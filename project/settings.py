@@ -122,6 +122,12 @@ with contextlib.suppress(OSError):  # a read-only file system serves collected f
 # WhiteNoise serves the admin's files straight from the installed apps: no collectstatic step needed.
 WHITENOISE_USE_FINDERS = True
 
+# Who gets the alerts of queueing.alerts.MailAdminsSink: DJANGO_ADMINS=ops@example.com,oncall@example.com; the
+# mail server: EMAIL_URL, e.g. smtp+tls://user:password@smtp.example.com:587 (default: print to the console).
+ADMINS = [(address, address) for address in env.list("DJANGO_ADMINS", default=[])]
+SERVER_EMAIL = env.str("DJANGO_SERVER_EMAIL", default="queueing@localhost")
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+
 # Request bodies larger than this are refused (413 from the API).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
 
