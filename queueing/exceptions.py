@@ -10,10 +10,6 @@ class PermanentError(Exception):
     """
 
 
-class InvalidTransition(Exception):
-    """A job was asked to move to a state its current state does not lead to."""
-
-
 class UnknownQueue(ValueError):
     """A queue name that neither the Celery app nor any recorded job knows."""
 

@@ -23,9 +23,8 @@ def ensure_sweep_schedule(*, check_interval_seconds: int | None = None, enable: 
 
     every = check_interval_seconds or current_policy().check_interval_seconds
     # Not get_or_create: django-celery-beat allows duplicate intervals, and its admin can make them.
-    interval = IntervalSchedule.objects.filter(every=every, period=IntervalSchedule.SECONDS).order_by(
-        "pk"
-    ).first() or IntervalSchedule.objects.create(every=every, period=IntervalSchedule.SECONDS)
+    same = IntervalSchedule.objects.filter(every=every, period=IntervalSchedule.SECONDS).order_by("pk")
+    interval = same.first() or IntervalSchedule.objects.create(every=every, period=IntervalSchedule.SECONDS)
     task, created = PeriodicTask.objects.get_or_create(
         name=SWEEP_TASK_NAME,
         defaults={"task": SWEEP_TASK, "interval": interval, "enabled": True if enable is None else enable},
