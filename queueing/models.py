@@ -7,7 +7,8 @@ How a job moves between states (``FailedJob.Status``), and what each transition 
 2. The last immediate retry fails: ``record_failure`` writes one row, ``failed``, keyed by the original
    call's task id (``origin_task_id``, unique), with the task name, queue, JSON args/kwargs, the error,
    ``first_failed_at``/``last_failed_at`` and ``next_retry_at = now + RETRY_DELAY``. A ``PermanentError``
-   (or ``MAX_RETRIES == 0``) writes it ``dead`` at once, with ``dead_at``.
+   (or ``MAX_RETRIES == 0``) writes it ``dead`` at once, with ``dead_at``. If the database cannot be
+   written then, the failure is handed to the broker (``record_failed_job``) and written when it is back.
 3. The sweep (every ``CHECK_INTERVAL``) claims ``failed`` rows whose ``next_retry_at`` has passed and whose
    ``retry_count < MAX_RETRIES``: ``retrying``, ``retry_count + 1``, a fresh ``claim_token``,
    ``lease_expires_at = now + LEASE_SECONDS``, ``last_retried_at``. After the commit it sends each row as a

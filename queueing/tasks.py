@@ -5,6 +5,7 @@ Tasks stay thin: they take plain JSON values and let this base class handle retr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.signals import task_failure
+from django.db import DatabaseError
 
 from queueing import backoff, services
 from queueing.conf import get_settings
@@ -101,10 +103,15 @@ class RetryableTask(Task):
         )
         try:
             services.record_failure(failure)
-        except Exception:
-            # The database is unreachable: the failure must not vanish without a trace.
-            logger.exception("could not record failed job; its payload follows so it can be re-sent: %r", failure)
-            raise
+        except DatabaseError as exc:
+            # The database is unreachable: let the broker hold the failure until it can be written.
+            logger.error("job %s: database unreachable (%r); recording it later", failure.origin_task_id, exc)
+            try:
+                record_failed_job.delay(dataclasses.asdict(failure))
+            except Exception:
+                # Neither database nor broker: the failure must not vanish without a trace.
+                logger.exception("could not record failed job; its payload follows so it can be re-sent: %r", failure)
+                raise
 
 
 @task_failure.connect
@@ -131,6 +138,26 @@ def _header(request: Any, name: str) -> Any:
     if value is None:
         value = (getattr(request, "headers", None) or {}).get(name)
     return value
+
+
+#: Retries of ``record_failed_job``: with the backoff (2, 4 … 512 s, then BACKOFF_MAX, 600 s), about 4 hours.
+RECORD_RETRIES = 30
+
+
+@shared_task(
+    name="queueing.record_failed_job",
+    autoretry_for=(DatabaseError,),
+    immediate_retries=RECORD_RETRIES,
+    record_failures=False,
+    ignore_result=True,
+)
+def record_failed_job(failure: dict[str, Any]) -> None:
+    """Write a failure that could not be written when it happened (the database was down), once it is back.
+
+    Delivered twice, it still makes one row: the row is keyed by the original call's id, and a retry's row
+    is fenced by its claim token.
+    """
+    services.record_failure(services.Failure(**failure))
 
 
 @shared_task(name="queueing.sweep_failed_jobs", autoretry_for=(), record_failures=False, ignore_result=True)

@@ -163,3 +163,31 @@ def test_retry_all_failed_resends_failed_and_dead_jobs_once(
     assert busy.status == FailedJob.Status.RETRYING
     dead.refresh_from_db()
     assert dead.retry_count == 3 and dead.manual_retry_count == 1
+
+
+def test_a_failure_that_meets_a_database_outage_is_recorded_once_the_database_is_back(
+    celery_worker: Any, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    real_record_failure = services.record_failure
+    outage = {"calls_left": 3}  # the failure itself, then two retries of the hand-over, meet the outage
+
+    def database_down_for_a_while(*args: Any, **kwargs: Any) -> Any:
+        if outage["calls_left"] > 0:
+            outage["calls_left"] -= 1
+            raise OperationalError("could not connect to server: Connection refused")
+        return real_record_failure(*args, **kwargs)
+
+    monkeypatch.setattr(services, "record_failure", database_down_for_a_while)
+    key = _key()
+
+    # When a call fails for good while the database cannot be written
+    result = tasks.always_fail.delay(key)
+
+    # Then the failure waits on the broker and is written, once, when the database answers again
+    job = wait_for(lambda: _row(result.id), what="the FailedJob row written after the outage")
+    assert outage["calls_left"] == 0
+    assert FailedJob.objects.count() == 1
+    assert (job.status, job.attempts, job.args) == (FailedJob.Status.FAILED, 4, [key])
+    assert job.exception_class == "tests.tasks.Boom"
