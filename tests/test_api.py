@@ -129,3 +129,10 @@ def test_retry_all_failed_on_an_unknown_queue_is_a_404_listing_the_known_ones(cl
     assert response.status_code == 404
     assert response.json()["error"] == "unknown queue 'whatsap-send'; known queues: default, whatsapp-send"
     assert response.json()["knownQueues"] == ["default", "whatsapp-send"]
+
+
+def test_retry_all_failed_on_a_queue_name_with_a_nul_byte_is_a_404_not_a_500(client: Client) -> None:
+    response = post(client, "/api/queue/retry-all-failed", {"queueName": "whatsapp\u0000send"})
+
+    assert response.status_code == 404
+    assert response.json()["knownQueues"] == ["default", "whatsapp-send"]
