@@ -80,6 +80,15 @@ def configure(settings: Any) -> Callable[..., dict[str, Any]]:
     return apply
 
 
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A local TCP port that accepts connections and never answers (a hung server)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        yield server.getsockname()[1]
+
+
 @pytest.fixture(autouse=True)
 def no_refresh_left_behind() -> Iterator[None]:
     """Wait for the status refreshes a test started in the background (queueing/status.py), so that they

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from io import StringIO
 from typing import Any
 
@@ -82,12 +80,9 @@ def test_json_has_the_apis_structure(make_failed_job: Any, broker: redis.Redis, 
 
 
 @pytest.fixture
-def silent_redis() -> Iterator[str]:
+def silent_redis(silent_port: int) -> str:
     """A Redis URL whose server accepts connections and never answers."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(16)
-        yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    return f"redis://127.0.0.1:{silent_port}/0"
 
 
 @pytest.mark.slow

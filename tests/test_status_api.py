@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -221,12 +220,9 @@ def test_a_queue_known_only_from_old_rows_can_be_asked_for(
 
 
 @pytest.fixture
-def silent_server() -> Iterator[str]:
-    """A TCP port that accepts connections and never answers (a hung gateway)."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(16)
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+def silent_server(silent_port: int) -> str:
+    """A hung gateway: it accepts connections and never answers."""
+    return f"http://127.0.0.1:{silent_port}"
 
 
 @pytest.fixture
