@@ -51,10 +51,9 @@ def _queue_of(task: Any) -> str:
 def _is_retry(request: Any) -> bool:
     """Whether the running call is a clone (it carries the claim headers ``services._publish`` adds)."""
     from queueing.services import HEADER_JOB_ID
+    from queueing.tasks import message_header
 
-    if getattr(request, HEADER_JOB_ID, None) is not None:
-        return True
-    return (getattr(request, "headers", None) or {}).get(HEADER_JOB_ID) is not None
+    return message_header(request, HEADER_JOB_ID) is not None
 
 
 @task_success.connect

@@ -60,14 +60,14 @@ class RetryableTask(Task):
 
     def _claim_headers(self) -> tuple[int, str] | None:
         job_id, claim = (
-            _header(self.request, services.HEADER_JOB_ID),
-            _header(self.request, services.HEADER_CLAIM),
+            message_header(self.request, services.HEADER_JOB_ID),
+            message_header(self.request, services.HEADER_CLAIM),
         )
         return (int(job_id), str(claim)) if job_id is not None and claim else None
 
     def origin_task_id(self) -> str:
         """The original call's id: the logical job's id, the same for every retry (an idempotency key)."""
-        return str(_header(self.request, services.HEADER_ORIGIN) or self.request.id)
+        return str(message_header(self.request, services.HEADER_ORIGIN) or self.request.id)
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         if (claim := self._claim_headers()) is None:
@@ -133,7 +133,8 @@ def _record_worker_lost(
         sender.on_failure(exception, task_id, args, kwargs, einfo)
 
 
-def _header(request: Any, name: str) -> Any:
+def message_header(request: Any, name: str) -> Any:
+    """A custom message header of the running call (Celery puts them on the request, or under ``headers``)."""
     value = request.get(name) if hasattr(request, "get") else getattr(request, name, None)
     if value is None:
         value = (getattr(request, "headers", None) or {}).get(name)
