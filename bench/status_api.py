@@ -13,7 +13,7 @@ against what plain Celery offers for the same question (a broadcast to the worke
    ``STATUS_WORKERS_CACHE_SECONDS``) and with the database queried on every request (cache 0); then real
    HTTP: gunicorn with ``--processes`` workers and ``--clients`` clients polling at once.
 3. Times the parts: the grouped count, the newest failures of each queue, and, for comparison, the
-   existing ``services.stats_by_queue()`` (all statuses, plus ``known_queues()``'s DISTINCT).
+   existing ``operations.stats_by_queue()`` (all statuses, plus ``known_queues()``'s DISTINCT).
 4. Times plain Celery: ``app.control.inspect(timeout=1).active()``, and active + scheduled + reserved (what
    a dashboard built on inspect needs per refresh), and prints the ratios.
 
@@ -97,7 +97,7 @@ def main() -> None:
         sys.exit(f"needs a scratch PostgreSQL database named bench*; DATABASE_URL names {db['NAME']!r}")
 
     call_command("migrate", verbosity=0)
-    from queueing import services, status
+    from queueing import operations, registry, status
     from queueing.models import FailedJob
 
     if args.reload or FailedJob.objects.count() != args.rows:
@@ -110,7 +110,7 @@ def main() -> None:
     print(f"PostgreSQL {connection.pg_version}, Redis {settings.CELERY_BROKER_URL}")
     print(f"{os.cpu_count()} CPUs, load average {loadavg}")
 
-    app = services.celery_app()
+    app = registry.celery_app()
     replies = app.control.ping(timeout=0.5)
     if replies:
         sys.exit(f"a worker answered on this broker ({replies}); this benchmark measures the no-worker case")
@@ -146,7 +146,7 @@ def main() -> None:
         results[f"part: newest failures of {queue}"] = [
             timed(lambda q=queue: status._recent_failures(q, ["failed", "dead"])) for _ in range(20)
         ]
-    results["existing services.stats_by_queue()"] = [timed(services.stats_by_queue) for _ in range(5)]
+    results["existing operations.stats_by_queue()"] = [timed(operations.stats_by_queue) for _ in range(5)]
 
     results["plain Celery: inspect(timeout=1).active()"] = [
         timed(lambda: app.control.inspect(timeout=1.0).active()) for _ in range(args.baseline_runs)

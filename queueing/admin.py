@@ -1,11 +1,11 @@
 """The Django admin for failed jobs: an operator's console, not an editor.
 
 Operators look at failed jobs (list, filters, search, a detail page with the call, the traceback and the history),
-and act on them with three verbs: retry now, discard, mark dead. Every verb goes through ``queueing.services``,
+and act on them with three verbs: retry now, discard, mark dead. Every verb goes through ``queueing.operations``,
 exactly as the JSON API and the ``retry_all_failed`` command do, and acts on the rows selected, or on all the rows
 matching the current filter ("Select all"). Nothing else is editable and nothing can be added or deleted here.
 
-Manual retries do not count against the automatic limit (``services.retry_now`` counts ``manual_retry_count``):
+Manual retries do not count against the automatic limit (``operations.retry_now`` counts ``manual_retry_count``):
 the action's confirmation, its message and the detail page all say so.
 
 The sweep's schedule is django-celery-beat's own ``PeriodicTask`` (``queueing.schedule.SWEEP_TASK_NAME``), edited
@@ -49,7 +49,7 @@ from django.utils.translation import ngettext
 from django_celery_beat.admin import IntervalScheduleAdmin, PeriodicTaskAdmin, PeriodicTaskForm
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from queueing import services
+from queueing import autoretry, operations, registry
 from queueing.models import AutoRetryConfig, FailedJob
 from queueing.schedule import SWEEP_TASK, SWEEP_TASK_NAME
 
@@ -209,7 +209,7 @@ def _left_phrase(n: int) -> str:
 def _note(verb: Verb) -> str:
     """What the verb means for the job's future, as the confirmation and the message say it."""
     if verb is RETRY:
-        max_retries = services.current_policy().max_retries
+        max_retries = autoretry.current_policy().max_retries
         return (
             ngettext(
                 "Manual retries do not count against the automatic limit: the sweep still makes up to %(n)d "
@@ -248,8 +248,8 @@ def _preview(verb: Verb, queryset: QuerySet[FailedJob]) -> dict[str, Any]:
 
 
 def _retry(ids: list[int], *, now: datetime) -> tuple[int, list[str]]:
-    """``services.retry_now`` on exactly these ids. Returns (sent, phrases for those not sent)."""
-    outcome = services.retry_now(ids=ids, now=now)
+    """``operations.retry_now`` on exactly these ids. Returns (sent, phrases for those not sent)."""
+    outcome = operations.retry_now(ids=ids, now=now)
     sent, unknown, unsendable = outcome.retried, outcome.unknown, outcome.unsendable
     left = len(ids) - sent - unknown - unsendable
     phrases = []
@@ -288,7 +288,7 @@ def _retry(ids: list[int], *, now: datetime) -> tuple[int, list[str]]:
 
 
 def perform(verb: Verb, queryset: QuerySet[FailedJob], *, request: HttpRequest) -> Outcome:
-    """Apply ``verb`` to the selection through ``queueing.services``; the message says what happened to each."""
+    """Apply ``verb`` to the selection through ``queueing.operations``; the message says what happened to each."""
     counts = _status_counts(queryset)
     eligible = sum(counts.get(status, 0) for status in verb.eligible)
     ids = list(queryset.filter(status__in=verb.eligible).order_by("pk").values_list("pk", flat=True)[:ACTION_MAX_JOBS])
@@ -299,9 +299,10 @@ def perform(verb: Verb, queryset: QuerySet[FailedJob], *, request: HttpRequest) 
     elif verb is RETRY:
         done, problems = _retry(ids, now=now)
     elif verb is DISCARD:
-        done = services.discard(ids=ids, now=now)
+        done = operations.discard(ids=ids, now=now)
     else:
-        done = services.mark_dead(ids=ids, now=now, reason=f"marked dead by {request.user.get_username()} in the admin")
+        reason = f"marked dead by {request.user.get_username()} in the admin"
+        done = operations.mark_dead(ids=ids, now=now, reason=reason)
     if verb is not RETRY and len(ids) > done:
         problems.append(
             ngettext(
@@ -400,7 +401,7 @@ class QueueFilter(_ColumnFilter):
     position = 0
 
     def values(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> set[str]:
-        app = services.celery_app()
+        app = registry.celery_app()
         declared = {q.name for q in (app.conf.task_queues or ())} | {app.conf.task_default_queue}
         return super().values(request, model_admin) | declared
 
@@ -653,7 +654,7 @@ class FailedJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="retries")
     def retries(self, obj: FailedJob) -> SafeString:
-        max_retries = services.current_policy().max_retries
+        max_retries = autoretry.current_policy().max_retries
         return format_html(
             "{} of {} automatic retries used; {} manual {}.<br>"
             '<span class="help">Manual retries (admin, API, <code>retry_all_failed</code>) do not count against the '
@@ -795,7 +796,7 @@ class FailedJobAdmin(admin.ModelAdmin):
         if sweep is not None and self.admin_site.is_registered(PeriodicTask):
             sweep_url = reverse(f"{self.admin_site.name}:django_celery_beat_periodictask_change", args=[sweep.pk])
         return {
-            "queueing_policy": services.current_policy(),
+            "queueing_policy": autoretry.current_policy(),
             "sweep": sweep,
             "sweep_schedule": (sweep.interval or sweep.crontab or "no schedule") if sweep else None,
             "sweep_url": sweep_url,
@@ -824,7 +825,7 @@ def record_sweep_interval(request: HttpRequest, task: PeriodicTask, *, admin_vie
     """Make the sweep's interval the running system's check interval, so that restarts keep it."""
     if task.interval is None:
         schedule = task.crontab or task.solar or task.clocked or "no schedule"
-        current = services.current_policy().check_interval_seconds
+        current = autoretry.current_policy().check_interval_seconds
         admin_view.message_user(
             request,
             f"The sweep now runs on {schedule}. Only an interval can be recorded as the automatic-retry check "

@@ -31,7 +31,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from queueing import services, status
+from queueing import registry, status
 from queueing.conf import get_settings
 from queueing.models import AlertState
 
@@ -123,7 +123,7 @@ def evaluate(*, now: datetime | None = None, sinks: list[Sink] | None = None) ->
     thresholds = {Metric.FAILED: conf.alert_failed_threshold, Metric.DEAD: conf.alert_dead_threshold}
     counts = status.count_jobs()
     states = {(s.queue, s.metric): s.firing for s in AlertState.objects.all()}
-    queues = set(counts) | services.declared_queues() | {queue for queue, _ in states}
+    queues = set(counts) | registry.declared_queues() | {queue for queue, _ in states}
     alerts = []
     for queue in sorted(queues):
         for metric, threshold in thresholds.items():

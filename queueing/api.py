@@ -27,7 +27,7 @@ from ninja.errors import AuthenticationError, AuthorizationError, HttpError, Val
 from ninja.security import HttpBearer, SessionAuthIsStaff
 from pydantic import BaseModel, Field
 
-from queueing import services, status
+from queueing import operations, status
 from queueing.conf import get_settings
 from queueing.exceptions import UnknownQueue
 
@@ -251,5 +251,5 @@ class RetryAllOut(Schema):
 @router.post("/queue/retry-all-failed", response={200: RetryAllOut, **ERRORS})
 def retry_all_failed(request: HttpRequest, payload: RetryAllIn) -> dict[str, Any]:
     """Re-send every failed and dead job of the queue now. Jobs already being retried are left alone."""
-    outcome = services.retry_now(queue=payload.queueName)
+    outcome = operations.retry_now(queue=payload.queueName)
     return {"success": True, "queueName": payload.queueName, **outcome.as_dict()}

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from queueing import services
+from queueing import autoretry, operations
 from queueing.models import AutoRetryConfig
 from queueing.schedule import ensure_sweep_schedule
 
@@ -35,7 +35,7 @@ def start_auto_retry(
     max_retries: int | None = None,
     retry_delay: float | timedelta | None = None,
     check_interval: float | timedelta | None = None,
-) -> services.RetryPolicy:
+) -> autoretry.RetryPolicy:
     """Turn the automatic sweep on, changing the policy of the running system (no restart needed).
 
     Arguments left out keep their current values. The change is stored in the database: the sweep reads it
@@ -59,9 +59,9 @@ def start_auto_retry(
     AutoRetryConfig.objects.get_or_create(pk=1)
     if changes:  # only these fields: a change made elsewhere at the same moment is kept
         AutoRetryConfig.objects.filter(pk=1).update(**changes, updated_at=timezone.now())
-    policy = services.current_policy()
+    policy = autoretry.current_policy()
     ensure_sweep_schedule(check_interval_seconds=policy.check_interval_seconds, enable=True)
-    logger.info("auto-retry started: %s", services.describe(policy))
+    logger.info("auto-retry started: %s", autoretry.describe(policy))
     return policy
 
 
@@ -76,11 +76,11 @@ class RetryManager:
 
     def get_stats(self) -> dict[str, dict[str, int]]:
         """Per known queue, how many jobs are in each state."""
-        return services.stats_by_queue()
+        return operations.stats_by_queue()
 
     def retry_all_failed(self, queue_name: str | None = None, *, dry_run: bool = False) -> dict[str, int]:
         """Re-send every failed and dead job of ``queue_name`` (all queues if None) now."""
-        return services.retry_now(queue=queue_name, dry_run=dry_run).as_dict()
+        return operations.retry_now(queue=queue_name, dry_run=dry_run).as_dict()
 
 
 def get_retry_manager() -> RetryManager:

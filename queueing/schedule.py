@@ -19,7 +19,7 @@ SWEEP_TASK = "queueing.sweep_failed_jobs"
 
 def ensure_sweep_schedule(*, check_interval_seconds: int | None = None, enable: bool | None = None) -> PeriodicTask:
     """Create or update the sweep's periodic task. Changes reach a running Beat without a restart."""
-    from queueing.services import current_policy
+    from queueing.autoretry import current_policy
 
     every = check_interval_seconds or current_policy().check_interval_seconds
     # Not get_or_create: django-celery-beat allows duplicate intervals, and its admin can make them.

@@ -34,10 +34,9 @@ def _schedule_sweep_when_beat_starts(sender: Any = None, **_: Any) -> None:
 
 @worker_ready.connect
 def _log_auto_retry_started(sender: Any = None, **_: Any) -> None:
-    from queueing import services
+    from queueing.autoretry import current_policy, describe
 
-    policy = services.current_policy()
-    logger.info("auto-retry started: %s", services.describe(policy))
+    logger.info("auto-retry started: %s", describe(current_policy()))
 
 
 # --- counters ----------------------------------------------------------------------------------------------
@@ -49,9 +48,8 @@ def _queue_of(task: Any) -> str:
 
 
 def _is_retry(request: Any) -> bool:
-    """Whether the running call is a clone (it carries the claim headers ``services._publish`` adds)."""
-    from queueing.services import HEADER_JOB_ID
-    from queueing.tasks import message_header
+    """Whether the running call is a clone (it carries the claim headers ``claims.publish`` adds)."""
+    from queueing.registry import HEADER_JOB_ID, message_header
 
     return message_header(request, HEADER_JOB_ID) is not None
 
@@ -82,7 +80,7 @@ def _count_retry_sent(
     sender: Any = None, headers: dict[str, Any] | None = None, routing_key: str = "", **_: Any
 ) -> None:
     from queueing import status
-    from queueing.services import HEADER_JOB_ID
+    from queueing.registry import HEADER_JOB_ID
 
     if (headers or {}).get(HEADER_JOB_ID) is not None:
         status.count("retried", routing_key or "?")

@@ -50,7 +50,7 @@ from kombu.transport.redis import Channel as RedisChannel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from queueing import services
+from queueing import registry
 from queueing.conf import get_settings
 from queueing.models import FailedJob
 
@@ -171,10 +171,10 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
         # Redis does not answer: say so once, and do not wait for it again in this request.
         client, broker_problem = None, f"the broker did not answer: {_describe(exc)}"
         jobs = _query_jobs()
-    names = sorted(services.declared_queues() | set(jobs["counts"]))
+    names = sorted(registry.declared_queues() | set(jobs["counts"]))
     if queue is not None:
         if queue not in names:
-            services.check_queue(queue)  # UnknownQueue, listing the known ones, unless it has only old rows
+            registry.validate_queue(queue)  # UnknownQueue, listing the known ones, unless it has only old rows
         names = [queue]
 
     unavailable: dict[str, str] = {}
@@ -328,7 +328,7 @@ def broker_redis() -> redis.Redis:
 
     One per process (redis-py's pool is thread-safe, and rebuilt after a fork).
     """
-    app = services.celery_app()
+    app = registry.celery_app()
     url = _broker_url()
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss"):
@@ -352,7 +352,7 @@ def broker_redis() -> redis.Redis:
 @functools.cache
 def _broker_layout() -> tuple[str, str, tuple[int, ...]]:
     """(broker URL, kombu's ``global_keyprefix``, priority steps), read once from the Celery app."""
-    app = services.celery_app()
+    app = registry.celery_app()
     url = app.conf.broker_url or ""
     if isinstance(url, list | tuple):
         url = url[0]
@@ -488,7 +488,7 @@ def ask_workers(*, timeout: float) -> dict[str, Any]:
     With no worker up this takes ``timeout`` once: ``scheduled`` is only asked of those that answered,
     and returns as soon as they all have.
     """
-    app = services.celery_app()
+    app = registry.celery_app()
     at = time.time()
     broker_timeout = get_settings().status_broker_timeout_seconds
     options = {"socket_timeout": broker_timeout, "socket_connect_timeout": broker_timeout, "max_retries": 1}

@@ -15,9 +15,10 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.signals import task_failure
 from django.db import DatabaseError
 
-from queueing import backoff, services
+from queueing import backoff, claims, recording
 from queueing.conf import get_settings
 from queueing.exceptions import PermanentError
+from queueing.registry import HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, message_header
 
 logger = logging.getLogger(__name__)
 
@@ -60,33 +61,33 @@ class RetryableTask(Task):
 
     def _claim_headers(self) -> tuple[int, str] | None:
         job_id, claim = (
-            message_header(self.request, services.HEADER_JOB_ID),
-            message_header(self.request, services.HEADER_CLAIM),
+            message_header(self.request, HEADER_JOB_ID),
+            message_header(self.request, HEADER_CLAIM),
         )
         return (int(job_id), str(claim)) if job_id is not None and claim else None
 
     def origin_task_id(self) -> str:
         """The original call's id: the logical job's id, the same for every retry (an idempotency key)."""
-        return str(message_header(self.request, services.HEADER_ORIGIN) or self.request.id)
+        return str(message_header(self.request, HEADER_ORIGIN) or self.request.id)
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         if (claim := self._claim_headers()) is None:
             return
         job_id, token = claim
-        if not services.start_clone(job_id=job_id, claim_token=token, task_id=task_id):
+        if not recording.start_clone(job_id=job_id, claim_token=token, task_id=task_id):
             logger.warning("job %s: retry %s is stale (claim gone); not run", job_id, task_id)
             raise Ignore()
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         if (claim := self._claim_headers()) is not None:
-            services.record_success(job_id=claim[0], claim_token=claim[1], task_id=task_id)
+            recording.record_success(job_id=claim[0], claim_token=claim[1], task_id=task_id)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if not self.record_failures:
             return
         claim = self._claim_headers()
         delivery = self.request.delivery_info or {}
-        failure = services.Failure.from_exception(
+        failure = recording.Failure.from_exception(
             exc,
             traceback=str(getattr(einfo, "traceback", "") or ""),
             task_name=self.name,
@@ -102,7 +103,7 @@ class RetryableTask(Task):
             claim_token=claim[1] if claim else None,
         )
         try:
-            services.record_failure(failure)
+            recording.record_failure(failure)
         except DatabaseError as exc:
             # The database is unreachable: let the broker hold the failure until it can be written.
             logger.error("job %s: database unreachable (%r); recording it later", failure.origin_task_id, exc)
@@ -133,14 +134,6 @@ def _record_worker_lost(
         sender.on_failure(exception, task_id, args, kwargs, einfo)
 
 
-def message_header(request: Any, name: str) -> Any:
-    """A custom message header of the running call (Celery puts them on the request, or under ``headers``)."""
-    value = request.get(name) if hasattr(request, "get") else getattr(request, name, None)
-    if value is None:
-        value = (getattr(request, "headers", None) or {}).get(name)
-    return value
-
-
 #: Retries of ``record_failed_job``: with the backoff (2, 4 … 512 s, then BACKOFF_MAX, 600 s), about 4 hours.
 RECORD_RETRIES = 30
 
@@ -158,7 +151,7 @@ def record_failed_job(failure: dict[str, Any]) -> None:
     Delivered twice, it still makes one row: the row is keyed by the original call's id, and a retry's row
     is fenced by its claim token.
     """
-    services.record_failure(services.Failure(**failure))
+    recording.record_failure(recording.Failure(**failure))
 
 
 @shared_task(name="queueing.sweep_failed_jobs", autoretry_for=(), record_failures=False, ignore_result=True)
@@ -169,7 +162,7 @@ def sweep_failed_jobs() -> dict[str, int]:
     from queueing import alerts, status
 
     started = time.monotonic()
-    result = services.sweep()
+    result = claims.sweep()
     status.record_sweep_duration(time.monotonic() - started)
     alerts.evaluate_safely()  # fires on a threshold crossing; never raises
     return {

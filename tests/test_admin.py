@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
-from queueing import services
+from queueing import autoretry
 from queueing.models import FailedJob
 from queueing.schedule import SWEEP_TASK, SWEEP_TASK_NAME, ensure_sweep_schedule
 
@@ -568,7 +568,7 @@ def test_editing_the_sweeps_interval_in_the_admin_changes_the_check_interval_for
 ) -> None:
     # Given the sweep every second (from settings), and Beat's change marker an hour old
     sweep = ensure_sweep_schedule()
-    assert services.current_policy().check_interval_seconds == 1
+    assert autoretry.current_policy().check_interval_seconds == 1
     PeriodicTasks.objects.update_or_create(ident=1, defaults={"last_update": now - timedelta(hours=1)})
     every_two_minutes, _ = IntervalSchedule.objects.get_or_create(every=2, period=IntervalSchedule.MINUTES)
 
@@ -576,13 +576,13 @@ def test_editing_the_sweeps_interval_in_the_admin_changes_the_check_interval_for
     response = _save_periodic_task(superuser_client, sweep, interval=str(every_two_minutes.pk))
 
     # Then that is the check interval of the running system, a running Beat is told, and restarts keep it
-    assert services.current_policy().check_interval_seconds == 120
+    assert autoretry.current_policy().check_interval_seconds == 120
     assert PeriodicTasks.last_change() > now - timedelta(minutes=1)
     assert any("every 120 s" in m for m in _messages(response))
     ensure_sweep_schedule()
     sweep.refresh_from_db()
     assert timedelta(**{sweep.interval.period: sweep.interval.every}) == timedelta(seconds=120)
-    assert services.current_policy().check_interval_seconds == 120
+    assert autoretry.current_policy().check_interval_seconds == 120
 
 
 def test_editing_the_interval_the_sweep_uses_records_it_too(superuser_client: Client) -> None:
@@ -599,7 +599,7 @@ def test_editing_the_interval_the_sweep_uses_records_it_too(superuser_client: Cl
     )
 
     assert response.status_code == 302, response.content[:500]
-    assert services.current_policy().check_interval_seconds == 45
+    assert autoretry.current_policy().check_interval_seconds == 45
     ensure_sweep_schedule()
     sweep.refresh_from_db()
     assert (sweep.interval.every, sweep.interval.period) == (45, IntervalSchedule.SECONDS)
@@ -611,7 +611,7 @@ def test_switching_the_sweep_to_a_crontab_records_nothing_and_warns(superuser_cl
 
     response = _save_periodic_task(superuser_client, sweep, interval="", crontab=str(crontab.pk))
 
-    assert services.current_policy().check_interval_seconds == 1
+    assert autoretry.current_policy().check_interval_seconds == 1
     [warning] = [m for m in get_messages(response.wsgi_request) if m.level_tag == "warning"]
     assert "Only an interval can be recorded" in str(warning)
     assert "puts the sweep back on an interval of 1 s" in str(warning)
@@ -642,4 +642,4 @@ def test_other_periodic_tasks_are_edited_as_before(superuser_client: Client) -> 
 
     other.refresh_from_db()
     assert other.interval_id == every_hour.pk
-    assert services.current_policy().check_interval_seconds == 1
+    assert autoretry.current_policy().check_interval_seconds == 1

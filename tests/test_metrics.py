@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from queueing import alerts, services
+from queueing import alerts, operations
 from queueing.models import FailedJob
 from queueing.tasks import sweep_failed_jobs
 from tests import tasks
@@ -93,7 +93,7 @@ def test_the_counters_count_completions_retries_resolutions_and_failures(
     key = uuid.uuid4().hex
     # Given a recorded failure whose task now succeeds, retried by an operator
     job = make_failed_job(queue="whatsapp-send", task_name="tests.tasks.succeed", args=[key])
-    services.retry_now(queue="whatsapp-send")
+    operations.retry_now(queue="whatsapp-send")
     wait_for(lambda: FailedJob.objects.get(pk=job.pk).status == Status.RESOLVED, what="the retry to resolve the job")
     # And a call that fails for good on default
     failing = tasks.always_fail.delay(key)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from queueing import services
+from queueing import claims, operations, recording, registry
 from queueing.models import FailedJob
 from tests import tasks
 from tests.conftest import wait_for
@@ -88,7 +88,7 @@ def test_retries_count_up_to_the_limit_then_the_job_is_dead_and_never_sent_again
 
     # When the sweep re-sends it three times, each clone failing after its own immediate retries
     for round_number in (1, 2, 3):
-        assert services.sweep().sent == 1
+        assert claims.sweep().sent == 1
         job = wait_for(
             lambda n=round_number: (j := _row(result.id)) and j.retry_count == n and j.status != "retrying" and j,
             what=f"retry round {round_number} to fail",
@@ -100,7 +100,7 @@ def test_retries_count_up_to_the_limit_then_the_job_is_dead_and_never_sent_again
     assert job.retry_count == 3
     assert job.attempts == 16 == int(broker.get(f"runs:{key}"))
     assert job.dead_at is not None
-    assert services.sweep().sent == 0
+    assert claims.sweep().sent == 0
     assert _row(result.id).status == FailedJob.Status.DEAD
 
 
@@ -111,7 +111,7 @@ def test_a_successful_retry_resolves_the_row(celery_worker: Any, broker: redis.R
     wait_for(lambda: _row(result.id), what="the failure")
 
     # When the sweep re-sends it
-    assert services.sweep().sent == 1
+    assert claims.sweep().sent == 1
 
     # Then the clone succeeds and the row is resolved
     job = wait_for(lambda: (j := _row(result.id)) and j.status == FailedJob.Status.RESOLVED and j, what="resolved")
@@ -130,7 +130,7 @@ def test_a_stale_clone_whose_claim_is_gone_does_nothing(
     # A message that names the row but holds a claim token the row does not have
     tasks.succeed.apply_async(
         args=[key],
-        headers={services.HEADER_JOB_ID: job.pk, services.HEADER_CLAIM: str(uuid.uuid4())},
+        headers={registry.HEADER_JOB_ID: job.pk, registry.HEADER_CLAIM: str(uuid.uuid4())},
     )
     marker = tasks.succeed.delay(f"{key}-marker")  # runs after it on the solo worker
     wait_for(lambda: broker.get(f"runs:{key}-marker"), what="the marker task")
@@ -149,8 +149,8 @@ def test_retry_all_failed_resends_failed_and_dead_jobs_once(
     dead = make_failed_job(args=[keys[1]], queue="default", status=FailedJob.Status.DEAD, retry_count=3)
     busy = make_failed_job(args=[keys[2]], queue="default", status=FailedJob.Status.RETRYING)
 
-    outcome = services.retry_now(queue="default")
-    again = services.retry_now(queue="default")
+    outcome = operations.retry_now(queue="default")
+    again = operations.retry_now(queue="default")
 
     assert outcome.as_dict() == {"total": 2, "retried": 2}
     assert again.as_dict() == {"total": 0, "retried": 0}
@@ -170,7 +170,7 @@ def test_a_failure_that_meets_a_database_outage_is_recorded_once_the_database_is
 ) -> None:
     from django.db import OperationalError
 
-    real_record_failure = services.record_failure
+    real_record_failure = recording.record_failure
     outage = {"calls_left": 3}  # the failure itself, then two retries of the hand-over, meet the outage
 
     def database_down_for_a_while(*args: Any, **kwargs: Any) -> Any:
@@ -179,7 +179,7 @@ def test_a_failure_that_meets_a_database_outage_is_recorded_once_the_database_is
             raise OperationalError("could not connect to server: Connection refused")
         return real_record_failure(*args, **kwargs)
 
-    monkeypatch.setattr(services, "record_failure", database_down_for_a_while)
+    monkeypatch.setattr(recording, "record_failure", database_down_for_a_while)
     key = _key()
 
     # When a call fails for good while the database cannot be written

@@ -19,7 +19,7 @@ from django.test import Client
 from django.utils import timezone
 
 from messaging.tasks import send_whatsapp_message
-from queueing import services, status
+from queueing import registry, status
 from queueing.api import StatusOut
 from queueing.models import FailedJob
 from tests import tasks
@@ -136,7 +136,7 @@ def test_without_a_worker_active_and_delayed_are_null_and_the_workers_are_asked_
     asked = []
     real_ask = status.ask_workers
     monkeypatch.setattr(status, "ask_workers", lambda **kw: asked.append(1) or real_ask(**kw))
-    services.celery_app()  # the process has loaded the task modules (a one-off, timed elsewhere)
+    registry.celery_app()  # the process has loaded the task modules (a one-off, timed elsewhere)
 
     # When a dashboard polls with no worker up, the first answer comes at once, while the workers are asked
     started = time.monotonic()

@@ -12,7 +12,7 @@ import redis
 from django.db import connection, transaction
 from kombu.exceptions import OperationalError
 
-from queueing import services
+from queueing import claims, operations, recording, registry
 from queueing.models import FailedJob
 from tests import tasks
 from tests.conftest import FAST
@@ -33,17 +33,17 @@ def test_sweep_sends_only_jobs_that_are_due(broker: redis.Redis, make_failed_job
     make_failed_job(queue="q1", status=Status.DEAD, next_retry_at=None)
     make_failed_job(queue="q1", status=Status.RESOLVED)
 
-    result = services.sweep(now=now)
+    result = claims.sweep(now=now)
 
     assert (result.claimed, result.sent) == (1, 1)
     [headers] = published(broker, "q1")
-    assert headers[services.HEADER_JOB_ID] == due.pk
+    assert headers[registry.HEADER_JOB_ID] == due.pk
     assert headers["task"] == "tests.tasks.succeed"
     due.refresh_from_db()
     assert due.status == Status.RETRYING
     assert due.retry_count == 1
     assert headers["id"] == due.clone_task_id()
-    assert headers[services.HEADER_CLAIM] == str(due.claim_token)
+    assert headers[registry.HEADER_CLAIM] == str(due.claim_token)
 
 
 def test_sweep_leaves_jobs_that_used_up_their_automatic_retries(
@@ -51,7 +51,7 @@ def test_sweep_leaves_jobs_that_used_up_their_automatic_retries(
 ) -> None:
     make_failed_job(queue="q1", retry_count=3)
 
-    assert services.sweep(now=now).sent == 0
+    assert claims.sweep(now=now).sent == 0
     assert published(broker, "q1") == []
 
 
@@ -59,7 +59,7 @@ def test_sweep_claims_at_most_one_batch(broker: redis.Redis, make_failed_job: An
     for _ in range(5):
         make_failed_job(queue="q1")
 
-    assert services.sweep(now=now, batch_size=2).sent == 2
+    assert claims.sweep(now=now, batch_size=2).sent == 2
     assert len(published(broker, "q1")) == 2
     assert FailedJob.objects.filter(status=Status.FAILED).count() == 3
 
@@ -74,7 +74,7 @@ def test_two_sweeps_at_once_never_send_a_job_twice(broker: redis.Redis, make_fai
         try:
             start.wait()
             while True:
-                result = services.sweep(now=now, batch_size=10)
+                result = claims.sweep(now=now, batch_size=10)
                 claimed[slot].append(result.sent)
                 if result.claimed == 0:
                     return
@@ -90,7 +90,7 @@ def test_two_sweeps_at_once_never_send_a_job_twice(broker: redis.Redis, make_fai
         t.join(60)
 
     assert errors == []
-    sent_ids = [h[services.HEADER_JOB_ID] for h in published(broker, "race")]
+    sent_ids = [h[registry.HEADER_JOB_ID] for h in published(broker, "race")]
     assert sorted(sent_ids) == sorted(j.pk for j in jobs)  # each exactly once
     assert sum(sum(c) for c in claimed) == len(jobs)
     assert set(FailedJob.objects.values_list("retry_count", flat=True)) == {1}
@@ -101,21 +101,21 @@ def test_a_retry_whose_publish_was_lost_is_sent_again_when_its_lease_expires(
 ) -> None:
     job = make_failed_job(queue="q1")
     # Given a sweep that claimed the job and died before publishing (or whose message the broker lost)
-    services.sweep(now=now)
+    claims.sweep(now=now)
     broker.delete("q1")
     job.refresh_from_db()
     assert (job.status, job.retry_count) == (Status.RETRYING, 1)
 
     # When the next sweeps run, first within the lease, then after it
-    assert services.sweep(now=now + timedelta(seconds=30)).sent == 0
+    assert claims.sweep(now=now + timedelta(seconds=30)).sent == 0
     later = now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1)
-    result = services.sweep(now=later)
+    result = claims.sweep(now=later)
 
     # Then the row is taken back, its retry given back, and it is sent again exactly once
     assert (result.recovered, result.sent) == (1, 1)
     job.refresh_from_db()
     assert (job.status, job.retry_count) == (Status.RETRYING, 1)
-    assert [h[services.HEADER_JOB_ID] for h in published(broker, "q1")] == [job.pk]
+    assert [h[registry.HEADER_JOB_ID] for h in published(broker, "q1")] == [job.pk]
     assert "lease_expired" in [e["event"] for e in job.history]
 
 
@@ -124,13 +124,13 @@ def test_a_retry_that_started_and_vanished_uses_up_its_retry(
 ) -> None:
     configure(RETRY_DELAY=300)
     job = make_failed_job(queue="q1")
-    services.sweep(now=now)
+    claims.sweep(now=now)
     job.refresh_from_db()
     # Given a clone that started (renewing its lease) and whose worker was then killed
-    assert services.start_clone(job_id=job.pk, claim_token=str(job.claim_token), task_id="clone-1", now=now)
+    assert recording.start_clone(job_id=job.pk, claim_token=str(job.claim_token), task_id="clone-1", now=now)
 
     later = now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1)
-    result = services.sweep(now=later, batch_size=1)
+    result = claims.sweep(now=later, batch_size=1)
 
     job.refresh_from_db()
     assert result.recovered == 1
@@ -144,11 +144,11 @@ def test_an_expired_lease_on_the_last_retry_leaves_the_job_dead(
     broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
 ) -> None:
     job = make_failed_job(queue="q1", retry_count=2)
-    services.sweep(now=now)
+    claims.sweep(now=now)
     job.refresh_from_db()
-    services.start_clone(job_id=job.pk, claim_token=str(job.claim_token), task_id="clone-1", now=now)
+    recording.start_clone(job_id=job.pk, claim_token=str(job.claim_token), task_id="clone-1", now=now)
 
-    services.sweep(now=now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1))
+    claims.sweep(now=now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1))
 
     job.refresh_from_db()
     assert (job.status, job.retry_count) == (Status.DEAD, 3)
@@ -159,7 +159,7 @@ def test_a_job_naming_an_unknown_task_is_marked_dead_and_not_sent(
 ) -> None:
     job = make_failed_job(queue="q1", task_name="tests.tasks.no_such_task")
 
-    result = services.sweep(now=now)
+    result = claims.sweep(now=now)
 
     assert (result.unknown, result.sent) == (1, 0)
     assert published(broker, "q1") == []
@@ -177,7 +177,7 @@ def test_a_publish_error_gives_the_claim_and_the_retry_back(
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(tasks.succeed, "apply_async", broker_down)
-    result = services.sweep(now=now)
+    result = claims.sweep(now=now)
 
     assert (result.claimed, result.sent) == (1, 0)
     job.refresh_from_db()
@@ -188,7 +188,7 @@ def test_a_publish_error_gives_the_claim_and_the_retry_back(
 
 def test_the_sweep_refuses_to_run_inside_a_transaction() -> None:
     with transaction.atomic(), pytest.raises(RuntimeError, match=r"outside transaction\.atomic"):
-        services.sweep()
+        claims.sweep()
 
 
 def test_a_stored_call_that_no_longer_fits_its_task_is_marked_dead_not_resent_forever(
@@ -197,7 +197,7 @@ def test_a_stored_call_that_no_longer_fits_its_task_is_marked_dead_not_resent_fo
     # Given a row recorded before the task's signature changed
     job = make_failed_job(queue="q1", task_name="tests.tasks.fail_times", args=["only-one-argument"])
 
-    result = services.sweep(now=now)
+    result = claims.sweep(now=now)
 
     assert (result.claimed, result.sent) == (1, 0)
     job.refresh_from_db()
@@ -212,18 +212,18 @@ def test_a_bulk_retry_goes_on_past_jobs_it_cannot_send(broker: redis.Redis, make
     misfits = [make_failed_job(queue="q1", task_name="tests.tasks.fail_times", args=["x"]) for _ in range(3)]
     sendable = [make_failed_job(queue="q1") for _ in range(3)]
 
-    outcome = services.retry_now(queue="q1", batch_size=2)
+    outcome = operations.retry_now(queue="q1", batch_size=2)
 
     assert (outcome.total, outcome.retried, outcome.unsendable, outcome.refused) == (6, 3, 3, 0)
-    assert sorted(h[services.HEADER_JOB_ID] for h in published(broker, "q1")) == [j.pk for j in sendable]
+    assert sorted(h[registry.HEADER_JOB_ID] for h in published(broker, "q1")) == [j.pk for j in sendable]
     assert {FailedJob.objects.get(pk=j.pk).status for j in misfits} == {Status.DEAD}
 
 
 def test_a_bulk_retry_tells_dead_jobs_of_unknown_tasks_apart_once(broker: redis.Redis, make_failed_job: Any) -> None:
     job = make_failed_job(queue="q1", task_name="tests.tasks.gone", status=Status.DEAD, status_reason="old reason")
 
-    first = services.retry_now(queue="q1")
-    second = services.retry_now(queue="q1")
+    first = operations.retry_now(queue="q1")
+    second = operations.retry_now(queue="q1")
 
     assert (first.total, first.retried, first.unknown) == (1, 0, 1)
     assert (second.total, second.retried, second.unknown) == (1, 0, 0)
@@ -236,8 +236,8 @@ def test_a_bulk_retry_tells_dead_jobs_of_unknown_tasks_apart_once(broker: redis.
 def test_discarding_and_marking_dead_leave_an_event_in_the_history(make_failed_job: Any, now: Any) -> None:
     failed, dead, busy = make_failed_job(), make_failed_job(status=Status.DEAD), make_failed_job(status=Status.RETRYING)
 
-    assert services.mark_dead(ids=[failed.pk, busy.pk], now=now, reason="broken for good") == 1
-    assert services.discard(ids=[dead.pk, busy.pk], now=now) == 1
+    assert operations.mark_dead(ids=[failed.pk, busy.pk], now=now, reason="broken for good") == 1
+    assert operations.discard(ids=[dead.pk, busy.pk], now=now) == 1
 
     failed.refresh_from_db()
     dead.refresh_from_db()

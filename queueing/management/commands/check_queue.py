@@ -21,7 +21,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from queueing import services, status
+from queueing import registry, status
 from queueing.exceptions import UnknownQueue
 
 WARNING_MARK = "⚠"
@@ -38,7 +38,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, queue: str | None, as_json: bool, **options: Any) -> None:
         try:
-            services.check_queue(queue)
+            registry.validate_queue(queue)
             report = status.queue_status(queue=queue, wait_for_workers=True)
         except UnknownQueue as exc:
             raise CommandError(str(exc)) from exc

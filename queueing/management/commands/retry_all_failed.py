@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from queueing import services
+from queueing import operations
 from queueing.exceptions import UnknownQueue
 
 
@@ -19,7 +19,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, queue: str | None, dry_run: bool, **options: Any) -> None:
         try:
-            outcome = services.retry_now(queue=queue, dry_run=dry_run)
+            outcome = operations.retry_now(queue=queue, dry_run=dry_run)
         except UnknownQueue as exc:
             raise CommandError(str(exc)) from exc
         where = f"queue {queue!r}" if queue else "all queues"

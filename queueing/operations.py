@@ -1,0 +1,117 @@
+"""Operators' verbs: retry now, discard, mark dead. Admin, API, ``retry_all_failed`` and the Python API call these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from queueing.claims import ClaimedBy, claim, mark_unknown_tasks_dead, publish, require_autocommit
+from queueing.conf import get_settings
+from queueing.models import FailedJob
+from queueing.registry import known_queues, validate_queue
+
+Status = FailedJob.Status
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    total: int  # failed and dead jobs found
+    retried: int  # sent
+    unknown: int = 0  # not sent: the task is not registered (marked dead with the reason)
+    unsendable: int = 0  # not sent: the stored call no longer fits the task (now dead)
+    refused: int = 0  # not sent: the broker refused; the run stopped there
+
+    def as_dict(self) -> dict[str, int]:
+        return {"total": self.total, "retried": self.retried}
+
+
+def retry_now(
+    *,
+    queue: str | None = None,
+    ids: Iterable[int] | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    batch_size: int | None = None,
+) -> RetryOutcome:
+    """Re-send failed and dead jobs now (of one queue, or the given ids), each at most once per call.
+
+    ``total`` counts the failed and dead jobs found; ``retried`` those sent. Jobs being retried at this moment
+    are left alone. Manual retries do not use up automatic ones (``manual_retry_count`` counts them).
+    """
+    require_autocommit()
+    validate_queue(queue)
+    now = now or timezone.now()
+    limit = batch_size or get_settings().batch_size
+    # Each job at most once per call: one that fails again while this runs has last_failed_at > now, and one
+    # this run had to give up on (its stored call no longer fits its task) has dead_at == now.
+    candidates = (
+        FailedJob.objects.retryable_by_hand().in_queue(queue).filter(last_failed_at__lte=now).exclude(dead_at__gte=now)
+    )
+    if ids is not None:
+        candidates = candidates.filter(pk__in=list(ids))
+    total = candidates.count()
+    if dry_run:
+        return RetryOutcome(total=total, retried=0)
+    unknown = 0
+    while marked := mark_unknown_tasks_dead(candidates, now=now, limit=limit):
+        unknown += marked
+    retried = unsendable = refused = 0
+    while claimed := claim(candidates, now=now, claimed_by=ClaimedBy.OPERATOR, limit=limit):
+        result = publish(claimed, now=now)
+        retried, unsendable = retried + result.sent, unsendable + result.unsendable
+        if result.refused:
+            refused = result.refused
+            break  # the broker refuses: stop rather than spin on the released rows
+    return RetryOutcome(total=total, retried=retried, unknown=unknown, unsendable=unsendable, refused=refused)
+
+
+def discard(*, ids: Iterable[int], now: datetime | None = None, reason: str = "discarded by an operator") -> int:
+    """Give up on failed or dead jobs (final). Returns how many were discarded."""
+    now = now or timezone.now()
+
+    def apply(job: FailedJob) -> None:
+        job.status, job.discarded_at = Status.DISCARDED, now
+
+    return _operator_transition(ids, allowed=[Status.FAILED, Status.DEAD], apply=apply, now=now, reason=reason)
+
+
+def mark_dead(*, ids: Iterable[int], now: datetime | None = None, reason: str = "marked dead by an operator") -> int:
+    """Stop automatic retries of failed jobs. Returns how many became dead."""
+    now = now or timezone.now()
+
+    def apply(job: FailedJob) -> None:
+        job.status, job.dead_at = Status.DEAD, now
+
+    return _operator_transition(ids, allowed=[Status.FAILED], apply=apply, now=now, reason=reason)
+
+
+def _operator_transition(
+    ids: Iterable[int], *, allowed: list[str], apply: Callable[[FailedJob], None], now: datetime, reason: str
+) -> int:
+    """Move the given jobs that are in an ``allowed`` state, each with a history event. Others are left alone."""
+    with transaction.atomic():
+        jobs = list(FailedJob.objects.select_for_update().filter(pk__in=list(ids), status__in=allowed).order_by("pk"))
+        for job in jobs:
+            apply(job)
+            job.next_retry_at = None
+            job.status_reason = reason
+            job.add_event(job.status, now, reason=reason)
+            job.save()
+    return len(jobs)
+
+
+# --- numbers --------------------------------------------------------------------------------------------
+
+
+def stats_by_queue() -> dict[str, dict[str, int]]:
+    """``{queue: {status: count}}`` for every known queue, zeros included."""
+    counts: dict[str, dict[str, int]] = {q: dict.fromkeys(Status.values, 0) for q in known_queues()}
+    rows = FailedJob.objects.order_by().values("queue", "status").annotate(n=Count("id"))
+    for row in rows:
+        counts.setdefault(row["queue"], dict.fromkeys(Status.values, 0))[row["status"]] = row["n"]
+    return counts

@@ -1,0 +1,205 @@
+"""Recording what workers report: a call that failed for good, a clone that starts, a clone that succeeds.
+
+``models.py`` steps 2, 4 and 5.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from queueing.autoretry import current_policy
+from queueing.conf import get_settings
+from queueing.models import FailedJob
+from queueing.policy import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+Status = FailedJob.Status
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failure:
+    """What a worker knows about a call that failed for good (after its immediate retries)."""
+
+    task_name: str
+    task_id: str
+    origin_task_id: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    exception_class: str
+    exception_message: str
+    traceback: str
+    attempts: int
+    permanent: bool = False
+    job_id: int | None = None
+    claim_token: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, traceback: str, **fields: Any) -> Failure:
+        conf = get_settings()
+        return cls(
+            exception_class=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            exception_message=str(exc)[: conf.message_max_chars],
+            traceback=(traceback or "")[-conf.traceback_max_chars :],
+            **fields,
+        )
+
+
+def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJob | None:
+    """Write a final failure: a new row for an original call, the same row for a clone.
+
+    Returns the row, or ``None`` when a clone's row is no longer under its claim (a stale delivery).
+    """
+    now = now or timezone.now()
+    policy = current_policy()
+    try:
+        with transaction.atomic():
+            if failure.job_id is not None:
+                job = _claimed_job(failure.job_id, failure.claim_token)
+                if job is None:
+                    logger.warning(
+                        "job %s: clone %s failed but its claim is gone; nothing recorded",
+                        failure.job_id,
+                        failure.task_id,
+                    )
+                    return None
+            else:
+                job = FailedJob.objects.select_for_update().filter(origin_task_id=failure.origin_task_id).first()
+                if job is None:
+                    job = _new_job(failure, now=now)
+                elif job.status not in (Status.FAILED, Status.DEAD):
+                    logger.warning(
+                        "job %s: original call %s failed again while %s; left as it is",
+                        job.pk,
+                        failure.task_id,
+                        job.status,
+                    )
+                    return job
+            _apply_failure(job, failure, policy=policy, now=now)
+            job.save()
+    except IntegrityError:
+        # Another process recorded the same original call a moment ago: update that row instead.
+        if failure.job_id is None and FailedJob.objects.filter(origin_task_id=failure.origin_task_id).exists():
+            return record_failure(failure, now=now)
+        raise
+    logger.info(
+        "job %s (%s) recorded %s after %s attempts: %s",
+        job.pk,
+        job.task_name,
+        job.status,
+        job.attempts,
+        job.exception_class,
+    )
+    return job
+
+
+def _new_job(failure: Failure, *, now: datetime) -> FailedJob:
+    return FailedJob(
+        origin_task_id=failure.origin_task_id,
+        task_name=failure.task_name,
+        queue=failure.queue,
+        args=list(failure.args),
+        kwargs=dict(failure.kwargs),
+        options=failure.options,
+        first_failed_at=now,
+        last_failed_at=now,
+    )
+
+
+def _apply_failure(job: FailedJob, failure: Failure, *, policy: RetryPolicy, now: datetime) -> None:
+    job.exception_class = failure.exception_class
+    job.exception_message = failure.exception_message
+    job.traceback = failure.traceback
+    job.attempts += failure.attempts
+    job.last_failed_at = now
+    job.latest_task_id = failure.task_id
+    job.add_event(
+        "failed",
+        now,
+        task_id=failure.task_id,
+        attempts=failure.attempts,
+        error=f"{failure.exception_class}: {failure.exception_message}"[:500],
+    )
+    if job.claimed_from == Status.DEAD:
+        reason = "failed again after an operator's retry of a dead job"
+    elif failure.permanent:
+        reason = "permanent error: not retried automatically"
+    elif job.retry_count >= policy.max_retries:
+        reason = f"automatic retries used up ({job.retry_count} of {policy.max_retries})"
+    else:
+        reason = ""
+    settle(job, dead_reason=reason, policy=policy, now=now)
+
+
+#: The claim fields of a job that no claim holds.
+NO_CLAIM: dict[str, Any] = {"claim_token": None, "claimed_by": "", "claimed_from": "", "lease_expires_at": None}
+
+
+def clear_claim(job: FailedJob) -> None:
+    for name, value in NO_CLAIM.items():
+        setattr(job, name, value)
+
+
+def settle(job: FailedJob, *, dead_reason: str, policy: RetryPolicy, now: datetime) -> None:
+    """Leave a job ``dead`` (when there is a reason) or ``failed`` and due after the retry delay."""
+    clear_claim(job)
+    job.status_reason = dead_reason
+    if dead_reason:
+        job.status = Status.DEAD
+        job.dead_at = now
+        job.next_retry_at = None
+    else:
+        job.status = Status.FAILED
+        job.next_retry_at = now + timedelta(seconds=policy.retry_delay_seconds)
+
+
+def _claimed_job(job_id: int, claim_token: str | None) -> FailedJob | None:
+    """The row still ``retrying`` under this claim, locked (call inside ``transaction.atomic``)."""
+    if claim_token is None:
+        return None
+    return (
+        FailedJob.objects.select_for_update().filter(pk=job_id, claim_token=claim_token, status=Status.RETRYING).first()
+    )
+
+
+def start_clone(*, job_id: int, claim_token: str, task_id: str, now: datetime | None = None) -> bool:
+    """A clone starts running: renew its lease. ``False`` means the delivery is stale and must do nothing."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = _claimed_job(job_id, claim_token)
+        if job is None:
+            return False
+        if job.retry_started_at is None:
+            job.add_event("retry_started", now, task_id=task_id, by=job.claimed_by)
+        job.retry_started_at = now
+        job.lease_expires_at = now + timedelta(seconds=get_settings().lease_seconds)
+        job.latest_task_id = task_id
+        job.save(update_fields=["retry_started_at", "lease_expires_at", "latest_task_id", "history", "updated_at"])
+    return True
+
+
+def record_success(*, job_id: int, claim_token: str, task_id: str, now: datetime | None = None) -> bool:
+    """A clone succeeded: its row is ``resolved``. ``False`` if the row was no longer under its claim."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = _claimed_job(job_id, claim_token)
+        if job is None:
+            logger.warning("job %s: clone %s succeeded after its claim was gone", job_id, task_id)
+            return False
+        job.status = Status.RESOLVED
+        job.resolved_at = now
+        job.status_reason = ""
+        clear_claim(job)
+        job.latest_task_id = task_id
+        job.add_event("resolved", now, task_id=task_id)
+        job.save()
+    logger.info("job %s (%s) resolved by clone %s", job.pk, job.task_name, task_id)
+    return True

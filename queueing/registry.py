@@ -1,0 +1,72 @@
+"""The task registry, the queues the project knows, and the message headers that tie a clone to its row.
+
+Only tasks registered here are ever re-sent; a queue name from outside is checked once, at the edge
+(``validate_queue``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from celery import Celery, Task, current_app
+
+from queueing.exceptions import UnknownQueue
+from queueing.models import FailedJob
+
+#: Message headers that tie a clone to its row. The claim token fences it: a clone whose row was taken back
+#: (lease expired) or re-claimed finds no row under its token and does nothing.
+HEADER_JOB_ID = "queueing_job_id"
+HEADER_CLAIM = "queueing_claim"
+HEADER_ORIGIN = "queueing_origin"
+
+
+@functools.cache
+def _load_task_modules(app: Celery) -> None:
+    # Celery's autodiscovery is lazy outside the worker: a web process or a management command would
+    # otherwise see only the tasks of the modules it happened to import.
+    app.loader.import_default_modules()
+
+
+def celery_app() -> Celery:
+    app = current_app._get_current_object()
+    _load_task_modules(app)
+    return app
+
+
+def registered_task(name: str) -> Task | None:
+    """The task registered under ``name`` in this project, or ``None``. Only these are ever re-sent."""
+    return celery_app().tasks.get(name)
+
+
+def declared_queues() -> set[str]:
+    """The queues the Celery app declares (``task_queues`` and the default queue), without a query."""
+    app = celery_app()
+    return {q.name for q in (app.conf.task_queues or ())} | {app.conf.task_default_queue}
+
+
+def known_queues() -> list[str]:
+    """Queues the Celery app declares plus those of recorded jobs."""
+    recorded = set(FailedJob.objects.order_by().values_list("queue", flat=True).distinct())
+    return sorted(declared_queues() | recorded)
+
+
+def validate_queue(name: str | None) -> None:
+    """Raise ``UnknownQueue`` (listing the known ones) unless ``name`` is None or a known queue.
+
+    A known name costs at most one indexed ``EXISTS``; only an unknown one pays for the full list.
+    """
+    if name is None or name in declared_queues():
+        return
+    # A NUL cannot be in a queue name, and PostgreSQL refuses it in a query: it is simply not a known queue.
+    if "\x00" not in name and FailedJob.objects.filter(queue=name).exists():
+        return
+    raise UnknownQueue(name, known_queues())
+
+
+def message_header(request: Any, name: str) -> Any:
+    """A custom message header of the running call (Celery puts them on the request, or under ``headers``)."""
+    value = request.get(name) if hasattr(request, "get") else getattr(request, name, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(name)
+    return value
