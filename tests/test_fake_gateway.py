@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import pytest
 import requests
 
 from messaging import gateway as client
-from messaging.fake_gateway import FakeGateway, StoreError
+from messaging.fake_gateway import FakeGateway, StoreError, attempts_store_for
 from queueing.exceptions import PermanentError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +52,16 @@ def messages(url: str) -> list[dict[str, Any]]:
     response = requests.get(f"{url}/messages", timeout=TIMEOUT_SECONDS)
     response.raise_for_status()
     return response.json()
+
+
+def attempts(url: str) -> list[dict[str, Any]]:
+    response = requests.get(f"{url}/attempts", timeout=TIMEOUT_SECONDS)
+    response.raise_for_status()
+    return response.json()
+
+
+def statuses(url: str) -> list[int | None]:
+    return [a["status"] for a in attempts(url)]
 
 
 def free_port() -> int:
@@ -144,6 +156,28 @@ def test_a_send_without_an_idempotency_key_is_refused_naming_the_header(gateway:
     assert messages(gateway.url) == []
 
 
+@pytest.mark.parametrize("to", ["15550100", "+123", "+1555010", "+1 555 0100", "+015550100", "+1234567890123456"])
+def test_a_recipient_that_is_not_e164_is_refused_as_invalid_naming_the_field(gateway: FakeGateway, to: str) -> None:
+    response = send(gateway.url, to=to)
+
+    assert response.status_code == 400
+    assert response.json()["field"] == "to"
+    assert response.json()["error"].startswith("invalid recipient")
+    assert messages(gateway.url) == []
+
+
+@pytest.mark.parametrize("to", ["+12345678", "+123456789012345"])
+def test_a_recipient_of_8_to_15_digits_after_the_plus_is_delivered(gateway: FakeGateway, to: str) -> None:
+    assert send(gateway.url, to=to).status_code == 200
+
+
+def test_an_invalid_recipient_is_refused_before_the_session_is_looked_up(gateway: FakeGateway) -> None:
+    response = send(gateway.url, sessionId="invalid-session", to="+1")
+
+    assert response.status_code == 400
+    assert response.json()["field"] == "to"
+
+
 def test_health_answers_ok_with_the_mode(gateway: FakeGateway) -> None:
     response = requests.get(f"{gateway.url}/health", timeout=TIMEOUT_SECONDS)
 
@@ -178,6 +212,132 @@ def test_a_rate_limited_gateway_answers_429_with_retry_after(gateway: FakeGatewa
     assert messages(gateway.url) == []
 
 
+def test_a_down_gateway_sends_no_retry_after_unless_asked(gateway: FakeGateway) -> None:
+    control(gateway.url, mode="down")
+
+    assert "Retry-After" not in send(gateway.url).headers
+
+
+def test_a_down_gateway_answers_503_with_the_retry_after_asked_for(gateway: FakeGateway) -> None:
+    control(gateway.url, mode="down", retryAfterSeconds=30)
+
+    response = send(gateway.url)
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+
+
+def test_a_rate_limited_gateway_answers_429_with_the_retry_after_asked_for(gateway: FakeGateway) -> None:
+    control(gateway.url, mode="rate-limited", retryAfterSeconds=10)
+
+    response = send(gateway.url)
+
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "10"
+    assert messages(gateway.url) == []
+
+
+def test_retry_after_as_an_http_date_is_never_sooner_than_the_seconds_asked_for(gateway: FakeGateway) -> None:
+    control(gateway.url, mode="rate-limited", retryAfterSeconds=10, retryAfterFormat="http-date")
+    before = datetime.now(UTC)
+
+    response = send(gateway.url)
+
+    when = parsedate_to_datetime(response.headers["Retry-After"])
+    assert response.headers["Retry-After"].endswith(" GMT")
+    assert 10 <= (when - before).total_seconds() <= 12
+
+
+def test_a_cleared_retry_after_leaves_the_rate_limited_default(gateway: FakeGateway) -> None:
+    control(gateway.url, mode="rate-limited", retryAfterSeconds=10)
+
+    answer = control(gateway.url, retryAfterSeconds=None).json()
+
+    assert answer["retryAfterSeconds"] is None
+    assert send(gateway.url).headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("fail_ratio", "expected"),
+    [
+        (0.5, [200, 503, 200, 503, 200, 503, 200, 503]),
+        (0.25, [200, 200, 200, 503, 200, 200, 200, 503]),
+        (1, [503] * 8),
+        (0, [200] * 8),
+    ],
+)
+def test_a_flaky_gateway_fails_exactly_the_share_asked_for_evenly_spread(
+    gateway: FakeGateway, fail_ratio: float, expected: list[int]
+) -> None:
+    control(gateway.url, mode="flaky", failRatio=fail_ratio)
+
+    answered = [send(gateway.url, key=f"k-{n}").status_code for n in range(8)]
+
+    assert answered == expected
+    assert len(messages(gateway.url)) == expected.count(200)
+
+
+def test_a_flaky_gateway_fails_floor_n_times_the_ratio_of_n_sends(gateway: FakeGateway) -> None:
+    # 0.29 is just above the float it is stored as: counted as 29/100, 100 sends fail 29 times, not 28.
+    control(gateway.url, mode="flaky", failRatio=0.29)
+
+    answered = [send(gateway.url, key=f"k-{n}").status_code for n in range(100)]
+
+    assert answered.count(503) == 29
+    assert answered[:7] == [200, 200, 200, 503, 200, 200, 503]
+
+
+def test_a_failed_flaky_send_carries_the_retry_after_asked_for(gateway: FakeGateway) -> None:
+    control(gateway.url, mode="flaky", failRatio=1, retryAfterSeconds=5)
+
+    response = send(gateway.url)
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+
+
+def test_the_flaky_count_starts_again_at_each_control(gateway: FakeGateway) -> None:
+    control(gateway.url, mode="flaky", failRatio=0.5)
+    assert send(gateway.url, key="k-1").status_code == 200
+
+    control(gateway.url, mode="flaky")
+
+    assert [send(gateway.url, key=f"k-{n}").status_code for n in (2, 3)] == [200, 503]
+
+
+def test_a_flaky_gateway_delivers_a_message_retried_with_its_key_once(gateway: FakeGateway) -> None:
+    # Given a gateway failing every second send, and a first message that went through
+    control(gateway.url, mode="flaky", failRatio=0.5)
+    assert send(gateway.url, key="first").status_code == 200
+    # When the second message fails and is sent again with the same key
+    assert send(gateway.url, key="second").status_code == 503
+    assert send(gateway.url, key="second").status_code == 200
+    # Then it was attempted twice and delivered once
+    assert [a["idempotencyKey"] for a in attempts(gateway.url)] == ["first", "second", "second"]
+    assert [m["idempotencyKey"] for m in messages(gateway.url)] == ["first", "second"]
+
+
+def test_control_answers_every_setting(gateway: FakeGateway) -> None:
+    response = control(gateway.url, mode="flaky", failRatio=0.25, retryAfterSeconds=7)
+
+    assert response.json() == {
+        "status": "ok",
+        "mode": "flaky",
+        "slowSeconds": 5.0,
+        "retryAfterSeconds": 7,
+        "failRatio": 0.25,
+        "retryAfterFormat": "seconds",
+    }
+
+
+def test_control_keeps_the_settings_it_is_not_given(gateway: FakeGateway) -> None:
+    control(gateway.url, mode="flaky", failRatio=0.25, retryAfterSeconds=7, slowSeconds=1)
+
+    answer = control(gateway.url, mode="down").json()
+
+    assert (answer["failRatio"], answer["retryAfterSeconds"], answer["slowSeconds"]) == (0.25, 7, 1.0)
+
+
 def test_a_slow_gateway_waits_slow_seconds_then_delivers(gateway: FakeGateway) -> None:
     control(gateway.url, mode="slow", slowSeconds=0.5)
 
@@ -202,9 +362,20 @@ def test_a_gateway_switched_back_to_ok_delivers_again(gateway: FakeGateway) -> N
 
 @pytest.mark.parametrize(
     ("payload", "field"),
-    [({"mode": "sideways"}, "mode"), ({"mode": "slow", "slowSeconds": -1}, "slowSeconds")],
+    [
+        ({"mode": "sideways"}, "mode"),
+        ({"mode": "slow", "slowSeconds": -1}, "slowSeconds"),
+        ({"mode": "down", "retryAfterSeconds": -1}, "retryAfterSeconds"),
+        ({"mode": "down", "retryAfterSeconds": 1.5}, "retryAfterSeconds"),
+        ({"mode": "down", "retryAfterSeconds": "10"}, "retryAfterSeconds"),
+        ({"mode": "down", "retryAfterSeconds": True}, "retryAfterSeconds"),
+        ({"mode": "flaky", "failRatio": 1.5}, "failRatio"),
+        ({"mode": "flaky", "failRatio": "half"}, "failRatio"),
+        ({"mode": "down", "retryAfterFormat": "minutes"}, "retryAfterFormat"),
+        ({"mode": "down", "failratio": 0.5}, "failratio"),
+    ],
 )
-def test_control_refuses_an_unknown_mode_or_a_bad_delay(
+def test_control_refuses_an_unknown_mode_a_bad_setting_or_an_unknown_key_and_changes_nothing(
     gateway: FakeGateway, payload: dict[str, Any], field: str
 ) -> None:
     response = control(gateway.url, **payload)
@@ -226,9 +397,110 @@ def test_control_accepts_a_body_sent_as_curl_sends_it(gateway: FakeGateway) -> N
     assert response.json()["mode"] == "down"
 
 
+def test_a_gateway_started_flaky_with_retry_after_fails_its_share_with_that_retry_after() -> None:
+    with FakeGateway(port=0, mode="flaky", fail_ratio=0.5, retry_after_seconds=3) as server:
+        first, second = send(server.url, key="k-1"), send(server.url, key="k-2")
+
+    assert (first.status_code, second.status_code) == (200, 503)
+    assert second.headers["Retry-After"] == "3"
+
+
 def test_a_gateway_started_down_answers_503() -> None:
     with FakeGateway(port=0, mode="down") as server:
         assert send(server.url).status_code == 503
+
+
+# --- attempts -------------------------------------------------------------------------------------------
+
+
+def test_attempts_list_every_send_oldest_first_with_the_status_answered(gateway: FakeGateway) -> None:
+    # Given sends answered in each way
+    send(gateway.url, key="k-1", message="one")
+    send(gateway.url, key="k-1", message="one")  # a replay
+    send(gateway.url, key="k-2", sessionId="invalid-session")
+    send(gateway.url, key="k-3", to="+1")
+    control(gateway.url, mode="down")
+    send(gateway.url, key="k-4")
+    control(gateway.url, mode="rate-limited")
+    send(gateway.url, key="k-5")
+
+    listed = attempts(gateway.url)
+
+    # Then each is listed in order, with what it carried and the status it got
+    assert [(a["idempotencyKey"], a["status"], a["replayed"]) for a in listed] == [
+        ("k-1", 200, False),
+        ("k-1", 200, True),
+        ("k-2", 404, False),
+        ("k-3", 400, False),
+        ("k-4", 503, False),
+        ("k-5", 429, False),
+    ]
+    assert listed[0] == {
+        "sessionId": "default",
+        "to": "+15550100",
+        "message": "one",
+        "idempotencyKey": "k-1",
+        "status": 200,
+        "at": listed[0]["at"],
+        "replayed": False,
+    }
+    assert [a["at"] for a in listed] == sorted(a["at"] for a in listed)
+    assert datetime.fromisoformat(listed[0]["at"]).tzinfo is not None
+    # And the deliveries hide the second send; the attempts do not
+    assert len(messages(gateway.url)) == 1
+
+
+def test_an_attempt_that_carried_nothing_usable_is_listed_with_nulls(gateway: FakeGateway) -> None:
+    requests.post(f"{gateway.url}/send", data=b"not json", timeout=TIMEOUT_SECONDS)
+    requests.post(f"{gateway.url}/send", json={"to": ["+15550100"]}, timeout=TIMEOUT_SECONDS)
+
+    first, second = attempts(gateway.url)
+
+    assert first == {
+        "sessionId": None,
+        "to": None,
+        "message": None,
+        "idempotencyKey": None,
+        "status": 400,
+        "at": first["at"],
+        "replayed": False,
+    }
+    assert second["to"] == '["+15550100"]'
+
+
+def test_a_send_being_answered_is_listed_by_arrival_with_no_status_yet(gateway: FakeGateway) -> None:
+    # Given a slow send still being answered
+    control(gateway.url, mode="slow", slowSeconds=2)
+    slow = threading.Thread(target=send, args=(gateway.url, "slow"))
+    slow.start()
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while not attempts(gateway.url) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # When a later send is answered first
+    control(gateway.url, mode="ok")
+    assert send(gateway.url, key="fast").status_code == 200
+    # Then the slow one is listed first, without a status until it is answered
+    assert [(a["idempotencyKey"], a["status"]) for a in attempts(gateway.url)] == [("slow", None), ("fast", 200)]
+    slow.join(timeout=TIMEOUT_SECONDS)
+    assert statuses(gateway.url) == [200, 200]
+
+
+def test_attempts_keep_the_newest_in_memory_and_count_them_all() -> None:
+    with FakeGateway(port=0, max_attempts=3) as server:
+        for n in range(5):
+            send(server.url, key=f"k-{n}")
+
+        response = requests.get(f"{server.url}/attempts", timeout=TIMEOUT_SECONDS)
+
+    assert [a["idempotencyKey"] for a in response.json()] == ["k-2", "k-3", "k-4"]
+    assert response.headers["Attempts-Total"] == "5"
+
+
+def test_attempts_answer_only_get(gateway: FakeGateway) -> None:
+    response = requests.post(f"{gateway.url}/attempts", timeout=TIMEOUT_SECONDS)
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET"
 
 
 # --- the store ------------------------------------------------------------------------------------------
@@ -264,6 +536,39 @@ def test_a_store_with_a_bad_line_is_refused_naming_the_line(tmp_path: Path) -> N
     store.write_text('{"id": 1}\n')
 
     with pytest.raises(StoreError, match="line 1"):
+        FakeGateway(port=0, store=store)
+
+
+def test_attempts_are_kept_beside_the_store_and_read_back_by_arrival(tmp_path: Path) -> None:
+    store = tmp_path / "messages.jsonl"
+    # Given a gateway that answered a slow send after a later, fast one
+    with FakeGateway(port=0, store=store, mode="slow", slow_seconds=2) as first:
+        slow = threading.Thread(target=send, args=(first.url, "slow"))
+        slow.start()
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while not first.attempts() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.set_mode("down")
+        send(first.url, key="fast")
+        slow.join(timeout=TIMEOUT_SECONDS)
+    # When it is started again on the same store
+    with FakeGateway(port=0, store=store) as second:
+        listed = attempts(second.url)
+    # Then the attempts are back, oldest first, and the store still holds one delivery a line
+    assert [(a["idempotencyKey"], a["status"]) for a in listed] == [("slow", 200), ("fast", 503)]
+    assert attempts_store_for(store) == tmp_path / "messages.attempts.jsonl"
+    assert [json.loads(line)["idempotencyKey"] for line in attempts_store_for(store).read_text().splitlines()] == [
+        "fast",
+        "slow",
+    ]
+    assert [json.loads(line)["idempotencyKey"] for line in store.read_text().splitlines()] == ["slow"]
+
+
+def test_an_attempts_file_with_a_bad_line_is_refused_naming_the_line(tmp_path: Path) -> None:
+    store = tmp_path / "messages.jsonl"
+    attempts_store_for(store).write_text('{"status": 200}\n')
+
+    with pytest.raises(StoreError, match="line 1: missing"):
         FakeGateway(port=0, store=store)
 
 
@@ -430,3 +735,45 @@ def test_the_command_refuses_a_port_in_use() -> None:
 
     assert result.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_the_command_starts_flaky_with_the_fail_ratio_and_retry_after_given() -> None:
+    command = Command("--port", "0", "--mode", "flaky", "--fail-ratio", "0.5", "--retry-after-seconds", "7")
+    try:
+        url = command.url()
+        assert "flaky (failRatio 0.5, Retry-After 7 s)" in command.output[-1]
+
+        answered = [send(url, key=f"k-{n}") for n in range(4)]
+
+        assert [r.status_code for r in answered] == [200, 503, 200, 503]
+        assert answered[1].headers["Retry-After"] == "7"
+        assert statuses(url) == [200, 503, 200, 503]
+    finally:
+        command.kill_if_running()
+
+
+def test_the_command_starts_rate_limited_with_the_retry_after_given() -> None:
+    command = Command("--port", "0", "--mode", "rate-limited", "--retry-after-seconds", "10")
+    try:
+        response = send(command.url())
+
+        assert response.status_code == 429
+        assert response.headers["Retry-After"] == "10"
+    finally:
+        command.kill_if_running()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--fail-ratio", "2"), ("--retry-after-seconds", "-1"), ("--max-attempts", "0")]
+)
+def test_the_command_refuses_a_bad_setting_naming_the_option(option: str, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "fake_whatsapp_gateway", "--port", "0", option, value],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert option in result.stderr
