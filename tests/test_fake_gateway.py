@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import queue
 import re
 import signal
@@ -632,6 +633,83 @@ def test_the_client_sends_a_retry_with_the_same_key_only_once(gateway: FakeGatew
 
     assert first == second
     assert len(messages(gateway.url)) == 1
+
+
+def test_the_client_carries_the_status_and_the_retry_after_of_a_503(gateway: FakeGateway, settings: Any) -> None:
+    settings.WHATSAPP_GATEWAY_URL = gateway.url
+    gateway.set_mode("down", retry_after_seconds=30)
+
+    with pytest.raises(client.GatewayUnavailable, match="503") as raised:
+        client_send()
+
+    assert (raised.value.status_code, raised.value.retry_after_seconds) == (503, 30.0)
+
+
+def test_the_client_reads_a_retry_after_given_as_an_http_date(gateway: FakeGateway, settings: Any) -> None:
+    settings.WHATSAPP_GATEWAY_URL = gateway.url
+    gateway.set_mode("rate-limited", retry_after_seconds=10, retry_after_format="http-date")
+
+    with pytest.raises(client.GatewayUnavailable, match="429") as raised:
+        client_send()
+
+    assert raised.value.status_code == 429
+    assert raised.value.retry_after_seconds is not None
+    assert 9 <= raised.value.retry_after_seconds <= 11
+
+
+def test_the_client_carries_no_retry_after_when_the_gateway_gave_none(gateway: FakeGateway, settings: Any) -> None:
+    settings.WHATSAPP_GATEWAY_URL = gateway.url
+    gateway.set_mode("down")
+
+    with pytest.raises(client.GatewayUnavailable) as raised:
+        client_send()
+
+    assert raised.value.retry_after_seconds is None
+
+
+def test_the_client_raises_invalid_recipient_naming_the_field(gateway: FakeGateway, settings: Any) -> None:
+    settings.WHATSAPP_GATEWAY_URL = gateway.url
+
+    with pytest.raises(client.InvalidRecipient, match=r"\(400\).*invalid recipient") as raised:
+        client.send(session_id="default", to="+1", message="hello", idempotency_key="k")
+
+    assert isinstance(raised.value, PermanentError)
+    assert (raised.value.status_code, raised.value.field) == (400, "to")
+
+
+def test_the_client_raises_session_not_found_for_an_unknown_session(gateway: FakeGateway, settings: Any) -> None:
+    settings.WHATSAPP_GATEWAY_URL = gateway.url
+
+    with pytest.raises(client.SessionNotFound, match="404") as raised:
+        client_send(session_id="invalid-session")
+
+    assert isinstance(raised.value, PermanentError)
+    assert (raised.value.status_code, raised.value.field) == (404, None)
+
+
+def test_the_client_raises_a_plain_refusal_for_another_bad_field(gateway: FakeGateway, settings: Any) -> None:
+    settings.WHATSAPP_GATEWAY_URL = gateway.url
+
+    with pytest.raises(client.GatewayRefused, match="400") as raised:
+        client.send(session_id="default", to="+15550100", message=" ", idempotency_key="k")
+
+    assert type(raised.value) is client.GatewayRefused
+    assert raised.value.field == "message"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        client.GatewayUnavailable("gateway answered 429: {}", status_code=429, retry_after_seconds=10.0),
+        client.InvalidRecipient("gateway refused the message (400): {}", status_code=400, field="to"),
+    ],
+)
+def test_the_client_exceptions_keep_their_details_through_pickle(exc: Exception) -> None:
+    copy = pickle.loads(pickle.dumps(exc))
+
+    assert type(copy) is type(exc)
+    assert str(copy) == str(exc)
+    assert vars(copy) == vars(exc)
 
 
 # --- the management command -----------------------------------------------------------------------------
