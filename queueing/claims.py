@@ -105,11 +105,13 @@ class PublishResult:
     sent: int = 0
     unsendable: int = 0  # the stored call no longer fits its task: now dead
     refused: int = 0  # the broker refused: claim released, retry given back
+    sent_ids: tuple[int, ...] = ()
 
 
 def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
     """Send each claimed job as a fresh task call, over one broker connection."""
     sent = unsendable = refused = 0
+    sent_ids: list[int] = []
     with celery_app().producer_or_acquire() as producer:
         for job in jobs:
             task = registered_task(job.task_name)
@@ -140,8 +142,9 @@ def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
                 refused += 1
                 continue
             sent += 1
+            sent_ids.append(job.pk)
             logger.info("job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by)
-    return PublishResult(sent=sent, unsendable=unsendable, refused=refused)
+    return PublishResult(sent=sent, unsendable=unsendable, refused=refused, sent_ids=tuple(sent_ids))
 
 
 def _give_up(job: FailedJob, *, now: datetime, reason: str) -> None:

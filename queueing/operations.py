@@ -25,6 +25,7 @@ class RetryOutcome:
     unknown: int = 0  # not sent: the task is not registered (marked dead with the reason)
     unsendable: int = 0  # not sent: the stored call no longer fits the task (now dead)
     refused: int = 0  # not sent: the broker refused; the run stopped there
+    retried_ids: tuple[int, ...] = ()  # the jobs sent (``retried`` of them)
 
     def as_dict(self) -> dict[str, int]:
         return {"total": self.total, "retried": self.retried}
@@ -61,17 +62,26 @@ def retry_now(
     while marked := mark_unknown_tasks_dead(candidates, now=now, limit=limit):
         unknown += marked
     retried = unsendable = refused = 0
+    retried_ids: list[int] = []
     while claimed := claim(candidates, now=now, claimed_by=ClaimedBy.OPERATOR, limit=limit):
         result = publish(claimed, now=now)
         retried, unsendable = retried + result.sent, unsendable + result.unsendable
+        retried_ids += result.sent_ids
         if result.refused:
             refused = result.refused
             break  # the broker refuses: stop rather than spin on the released rows
-    return RetryOutcome(total=total, retried=retried, unknown=unknown, unsendable=unsendable, refused=refused)
+    return RetryOutcome(
+        total=total,
+        retried=retried,
+        unknown=unknown,
+        unsendable=unsendable,
+        refused=refused,
+        retried_ids=tuple(retried_ids),
+    )
 
 
-def discard(*, ids: Iterable[int], now: datetime | None = None, reason: str = "discarded by an operator") -> int:
-    """Give up on failed or dead jobs (final). Returns how many were discarded."""
+def discard(*, ids: Iterable[int], now: datetime | None = None, reason: str = "discarded by an operator") -> list[int]:
+    """Give up on failed or dead jobs (final). Returns the ids of those discarded."""
     now = now or timezone.now()
 
     def apply(job: FailedJob) -> None:
@@ -80,8 +90,10 @@ def discard(*, ids: Iterable[int], now: datetime | None = None, reason: str = "d
     return _operator_transition(ids, allowed=[Status.FAILED, Status.DEAD], apply=apply, now=now, reason=reason)
 
 
-def mark_dead(*, ids: Iterable[int], now: datetime | None = None, reason: str = "marked dead by an operator") -> int:
-    """Stop automatic retries of failed jobs. Returns how many became dead."""
+def mark_dead(
+    *, ids: Iterable[int], now: datetime | None = None, reason: str = "marked dead by an operator"
+) -> list[int]:
+    """Stop automatic retries of failed jobs. Returns the ids of those that became dead."""
     now = now or timezone.now()
 
     def apply(job: FailedJob) -> None:
@@ -92,8 +104,8 @@ def mark_dead(*, ids: Iterable[int], now: datetime | None = None, reason: str = 
 
 def _operator_transition(
     ids: Iterable[int], *, allowed: list[str], apply: Callable[[FailedJob], None], now: datetime, reason: str
-) -> int:
-    """Move the given jobs that are in an ``allowed`` state, each with a history event. Others are left alone."""
+) -> list[int]:
+    """Move the given jobs that are in an ``allowed`` state, each with a history event; returns their ids."""
     with transaction.atomic():
         jobs = list(FailedJob.objects.select_for_update().filter(pk__in=list(ids), status__in=allowed).order_by("pk"))
         for job in jobs:
@@ -102,7 +114,7 @@ def _operator_transition(
             job.status_reason = reason
             job.add_event(job.status, now, reason=reason)
             job.save()
-    return len(jobs)
+    return [job.pk for job in jobs]
 
 
 # --- numbers --------------------------------------------------------------------------------------------

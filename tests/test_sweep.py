@@ -236,8 +236,8 @@ def test_a_bulk_retry_tells_dead_jobs_of_unknown_tasks_apart_once(broker: redis.
 def test_discarding_and_marking_dead_leave_an_event_in_the_history(make_failed_job: Any, now: Any) -> None:
     failed, dead, busy = make_failed_job(), make_failed_job(status=Status.DEAD), make_failed_job(status=Status.RETRYING)
 
-    assert operations.mark_dead(ids=[failed.pk, busy.pk], now=now, reason="broken for good") == 1
-    assert operations.discard(ids=[dead.pk, busy.pk], now=now) == 1
+    assert operations.mark_dead(ids=[failed.pk, busy.pk], now=now, reason="broken for good") == [failed.pk]
+    assert operations.discard(ids=[dead.pk, busy.pk], now=now) == [dead.pk]
 
     failed.refresh_from_db()
     dead.refresh_from_db()
