@@ -13,11 +13,12 @@ import logging
 import math
 from datetime import timedelta
 
+from django.db import transaction
 from django.utils import timezone
 
 from queueing import autoretry, operations
 from queueing.models import AutoRetryConfig
-from queueing.schedule import ensure_sweep_schedule
+from queueing.schedule import ensure_sweep_schedule, set_sweep_interval
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +50,18 @@ def start_auto_retry(
         raise ValueError(f"check_interval must be at least 1 second, got {check_interval!r}")
     changes = {
         name: value
-        for name, value in (
-            ("max_retries", max_retries),
-            ("retry_delay_seconds", delay),
-            ("check_interval_seconds", None if interval is None else math.ceil(interval)),
-        )
+        for name, value in (("max_retries", max_retries), ("retry_delay_seconds", delay))
         if value is not None
     }
-    AutoRetryConfig.objects.get_or_create(pk=1)
-    if changes:  # only these fields: a change made elsewhere at the same moment is kept
-        AutoRetryConfig.objects.filter(pk=1).update(**changes, updated_at=timezone.now())
+    with transaction.atomic():
+        AutoRetryConfig.objects.get_or_create(pk=1)
+        if changes:  # only these fields: a change made elsewhere at the same moment is kept
+            AutoRetryConfig.objects.filter(pk=1).update(**changes, updated_at=timezone.now())
+        if interval is None:
+            ensure_sweep_schedule(enable=True)
+        else:
+            set_sweep_interval(math.ceil(interval), enable=True)
     policy = autoretry.current_policy()
-    ensure_sweep_schedule(check_interval_seconds=policy.check_interval_seconds, enable=True)
     logger.info("auto-retry started: %s", autoretry.describe(policy))
     return policy
 

@@ -1,15 +1,22 @@
 """The sweep's Beat schedule, kept in django-celery-beat's tables (DatabaseScheduler).
 
 It is created when the database is migrated and again when Beat starts, idempotently: one periodic task
-named ``SWEEP_TASK_NAME``, its interval the current ``CHECK_INTERVAL``.
+named ``SWEEP_TASK_NAME``, its interval the current check interval (``CHECK_INTERVAL``, or the override
+recorded in ``AutoRetryConfig``). ``set_sweep_interval`` is the one function that changes that interval while
+the system runs; ``retry.start_auto_retry`` and the admin's schedule pages both call it.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
+from django.db import transaction
+from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from queueing.models import AutoRetryConfig
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +29,13 @@ def ensure_sweep_schedule(*, check_interval_seconds: int | None = None, enable: 
     from queueing.autoretry import current_policy
 
     every = check_interval_seconds or current_policy().check_interval_seconds
-    # Not get_or_create: django-celery-beat allows duplicate intervals, and its admin can make them.
-    same = IntervalSchedule.objects.filter(every=every, period=IntervalSchedule.SECONDS).order_by("pk")
-    interval = same.first() or IntervalSchedule.objects.create(every=every, period=IntervalSchedule.SECONDS)
+    task = PeriodicTask.objects.select_related("interval").filter(name=SWEEP_TASK_NAME).first()
+    if task is not None and task.interval is not None and interval_seconds(task.interval) == every:
+        interval = task.interval  # as long as asked (e.g. "2 minutes" for 120 s): keep the operator's choice
+    else:
+        # Not get_or_create: django-celery-beat allows duplicate intervals, and its admin can make them.
+        same = IntervalSchedule.objects.filter(every=every, period=IntervalSchedule.SECONDS).order_by("pk")
+        interval = same.first() or IntervalSchedule.objects.create(every=every, period=IntervalSchedule.SECONDS)
     task, created = PeriodicTask.objects.get_or_create(
         name=SWEEP_TASK_NAME,
         defaults={"task": SWEEP_TASK, "interval": interval, "enabled": True if enable is None else enable},
@@ -42,6 +53,29 @@ def ensure_sweep_schedule(*, check_interval_seconds: int | None = None, enable: 
     if created or changed:
         logger.info("sweep schedule: every %ss (%s)", every, "enabled" if task.enabled else "disabled")
     return task
+
+
+def set_sweep_interval(seconds: int, *, enable: bool | None = None) -> PeriodicTask:
+    """Make the sweep run every ``seconds``, for good, in one transaction.
+
+    Records ``seconds`` as the running system's check interval (``AutoRetryConfig.check_interval_seconds``, so
+    that migrations and Beat restarts keep it) and puts the sweep's periodic task on that interval (a running
+    Beat picks it up within a few seconds). ``enable`` also switches the sweep on or off; None leaves it.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+        raise ValueError(f"the sweep interval must be a whole number of seconds >= 1, got {seconds!r}")
+    with transaction.atomic():
+        AutoRetryConfig.objects.get_or_create(pk=1)
+        # Only this field: a change of the other settings made at the same moment is kept.
+        AutoRetryConfig.objects.filter(pk=1).update(check_interval_seconds=seconds, updated_at=timezone.now())
+        task = ensure_sweep_schedule(check_interval_seconds=seconds, enable=enable)
+    logger.info("sweep interval set to %ss", seconds)
+    return task
+
+
+def interval_seconds(interval: IntervalSchedule) -> float:
+    """How long ``interval`` is, in seconds (it may be given in minutes, hours, days or microseconds)."""
+    return timedelta(**{interval.period: interval.every}).total_seconds()
 
 
 def ensure_sweep_schedule_after_migrate(**kwargs: Any) -> None:
