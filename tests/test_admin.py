@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,9 +20,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
-from queueing import autoretry
+from queueing import autoretry, operations
 from queueing.models import FailedJob
-from queueing.schedule import SWEEP_TASK, SWEEP_TASK_NAME, ensure_sweep_schedule
+from queueing.schedule import SWEEP_TASK, SWEEP_TASK_NAME, ensure_sweep_schedule, set_sweep_interval
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -177,6 +178,12 @@ def test_the_filters_offer_each_queue_task_and_error_class_and_narrow_the_list(
     assert listed("?queue=default&task=tests.tasks.a") == {c.pk}
 
 
+def test_the_queue_filter_offers_the_queues_the_celery_app_declares_even_without_jobs(operator: Client) -> None:
+    page = operator.get(reverse(CHANGELIST)).content.decode()
+
+    assert "?queue=whatsapp-send" in page and "?queue=default" in page
+
+
 def test_the_filters_read_the_table_once_per_page(operator: Client, make_failed_job: Callable[..., FailedJob]) -> None:
     make_failed_job(queue="whatsapp-send", task_name="tests.tasks.a", exception_class="builtins.ValueError")
     make_failed_job(queue="default", task_name="tests.tasks.b", exception_class="builtins.KeyError")
@@ -311,6 +318,36 @@ def test_the_detail_page_links_to_the_clone_sent_under_the_current_claim(
     assert "/task/older-clone" not in page
 
 
+#: Every time the admin shows: to the second, one format, with the time zone.
+TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC")
+
+
+def test_every_time_is_shown_to_the_second_with_its_time_zone_in_one_format(
+    operator: Client, make_failed_job: Callable[..., FailedJob]
+) -> None:
+    # Given a job that failed on the hour (Django's own format would say "Dec. 1, 2026, 8 p.m.")
+    at = datetime(2026, 12, 1, 20, 0, 14, tzinfo=UTC)
+    job = make_failed_job(first_failed_at=at - timedelta(hours=1), last_failed_at=at, next_retry_at=at)
+    job.add_event("failed", at, task_id=job.origin_task_id)
+    job.save()
+    _run_action(operator, "mark_dead_selected", [job])
+
+    # When the operator reads the list, the job's page and its admin history
+    listed = operator.get(reverse(CHANGELIST)).content.decode()
+    detail = operator.get(reverse("admin:queueing_failedjob_change", args=[job.pk])).content.decode()
+    history = operator.get(reverse("admin:queueing_failedjob_history", args=[job.pk])).content.decode()
+
+    # Then each time is told as 2026-12-01 20:00:14 UTC, never in Django's default format
+    assert '2026-12-01 <span class="queueing-clock">20:00:14 UTC</span>' in listed  # last failed, on two lines
+    for label, shown in (("First failed at", "19:00:14"), ("Last failed at", "20:00:14")):
+        assert re.search(rf"{label}:</label>\s*<div class=\"readonly\"><time [^>]*>2026-12-01 {shown} UTC<", detail)
+    assert "<tr><td>2026-12-01 20:00:14 UTC</td><td>failed</td>" in detail  # the history of attempts
+    assert re.search(r"<th scope=\"row\">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</th>", history)
+    for page in (listed, detail, history):
+        assert "p.m." not in page and "a.m." not in page and "midnight" not in page and "noon" not in page
+    assert len(TIME.findall(detail)) >= 5  # first and last failed, dead, created, updated, the history
+
+
 # --- the actions ------------------------------------------------------------------------------------------------
 
 
@@ -409,7 +446,7 @@ def test_retry_with_select_all_acts_on_every_job_matching_the_current_filter(
 def test_one_run_of_an_action_is_bounded_and_says_how_many_are_left(
     operator: Client, make_failed_job: Callable[..., FailedJob], broker: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("queueing.admin.ACTION_MAX_JOBS", 2)
+    monkeypatch.setattr("queueing.admin.verbs.ACTION_MAX_JOBS", 2)
     jobs = [make_failed_job() for _ in range(3)]
 
     confirmation, final = _run_action(operator, "retry_selected", jobs)
@@ -492,6 +529,50 @@ def test_each_action_is_recorded_in_the_jobs_admin_history(
     assert [(e.object_id, e.user.username, e.change_message) for e in entries] == [
         (str(job.pk), "operator", "Marked dead by an operator.")
     ]
+
+
+def test_a_retry_is_recorded_in_the_admin_history_of_exactly_the_jobs_it_sent(
+    operator: Client, make_failed_job: Callable[..., FailedJob], broker: redis.Redis
+) -> None:
+    # Given a failed and a dead job that can be sent, one whose task is gone, one whose call no longer fits its
+    # task (both become dead at the moment of the retry), and one being retried
+    failed, dead = make_failed_job(), make_failed_job(status=Status.DEAD)
+    orphan = make_failed_job(task_name="tests.tasks.renamed_long_ago")
+    misfit = make_failed_job(kwargs={"argument_removed_since": 1})
+    busy = make_failed_job(status=Status.RETRYING)
+
+    # When the operator retries all five
+    _run_action(operator, "retry_selected", [failed, dead, orphan, misfit, busy])
+
+    # Then the history has one entry for each job sent, and none for the jobs not sent or skipped
+    entries = LogEntry.objects.filter(object_id__in=[str(j.pk) for j in (failed, dead, orphan, misfit, busy)])
+    assert sorted((e.object_id, e.user.username, e.change_message) for e in entries) == sorted(
+        (
+            str(job.pk),
+            "operator",
+            "Retried now by an operator (a manual retry: not counted against the automatic limit).",
+        )
+        for job in (failed, dead)
+    )
+    assert broker.llen("default") == 2
+
+
+def test_the_history_records_the_jobs_the_service_says_it_changed(
+    operator: Client, make_failed_job: Callable[..., FailedJob], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two failed jobs, of which the service discards only the first (the other changed state meanwhile)
+    first, second = make_failed_job(), make_failed_job()
+    discard = operations.discard
+    monkeypatch.setattr(operations, "discard", lambda *, ids, now: discard(ids=[first.pk], now=now))
+
+    # When the operator discards both
+    _, final = _run_action(operator, "discard_selected", [first, second])
+
+    # Then only the first is logged, and the message tells the other apart
+    assert list(LogEntry.objects.values_list("object_id", "change_message")) == [
+        (str(first.pk), "Discarded by an operator.")
+    ]
+    assert _messages(final) == ["1 job discarded; 1 not changed because it changed state meanwhile."]
 
 
 def test_the_detail_page_buttons_act_on_one_job_after_confirming(
@@ -583,6 +664,22 @@ def test_editing_the_sweeps_interval_in_the_admin_changes_the_check_interval_for
     sweep.refresh_from_db()
     assert timedelta(**{sweep.interval.period: sweep.interval.every}) == timedelta(seconds=120)
     assert autoretry.current_policy().check_interval_seconds == 120
+
+
+def test_the_admin_writes_the_sweeps_interval_through_set_sweep_interval(
+    superuser_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep = ensure_sweep_schedule()
+    every_minute, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.MINUTES)
+    calls: list[int] = []
+    real = set_sweep_interval
+    monkeypatch.setattr(
+        "queueing.admin.beat.set_sweep_interval", lambda seconds: calls.append(seconds) or real(seconds)
+    )
+
+    _save_periodic_task(superuser_client, sweep, interval=str(every_minute.pk))
+
+    assert calls == [60]
 
 
 def test_editing_the_interval_the_sweep_uses_records_it_too(superuser_client: Client) -> None:

@@ -1,0 +1,106 @@
+"""The sweep's schedule, in django-celery-beat's own admin.
+
+The sweep is django-celery-beat's ``PeriodicTask`` named ``SWEEP_TASK_NAME``. Its admins (the periodic task's and
+the interval's) are replaced here by subclasses that, when the sweep's interval is saved, record it with
+``queueing.schedule.set_sweep_interval`` (the one writer of the check interval), so that the next migrate or Beat
+start keeps the operator's interval instead of putting back the one from settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import django_celery_beat.admin  # noqa: F401  (registers its admins first, so that we can replace two of them)
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpRequest
+from django_celery_beat.admin import IntervalScheduleAdmin, PeriodicTaskAdmin, PeriodicTaskForm
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from queueing import autoretry
+from queueing.schedule import SWEEP_TASK, SWEEP_TASK_NAME, interval_seconds, set_sweep_interval
+
+logger = logging.getLogger(__name__)
+
+
+def record_sweep_interval(request: HttpRequest, task: PeriodicTask, *, admin_view: admin.ModelAdmin) -> None:
+    """Make the sweep's interval the running system's check interval, so that restarts keep it."""
+    if task.interval is None:
+        schedule = task.crontab or task.solar or task.clocked or "no schedule"
+        current = autoretry.current_policy().check_interval_seconds
+        admin_view.message_user(
+            request,
+            f"The sweep now runs on {schedule}. Only an interval can be recorded as the automatic-retry check "
+            f"interval, so that stays at {current} s, and the next migrate or Beat start puts the sweep back on an "
+            f"interval of {current} s. Give the sweep an interval to change how often it runs for good.",
+            messages.WARNING,
+        )
+        return
+    exact = interval_seconds(task.interval)
+    seconds = max(1, math.ceil(exact))
+    set_sweep_interval(seconds)
+    logger.info("admin: %s set the sweep's interval to %ss", request.user.get_username(), seconds)
+    rounded = "" if seconds == exact else f" (rounded up from {exact:g} s: the check interval is whole seconds)"
+    admin_view.message_user(
+        request,
+        f"The sweep runs every {seconds} s{rounded}. This is now the automatic-retry check interval, so migrations "
+        "and Beat restarts keep it; a running Beat picks the change up within a few seconds, without a restart.",
+        messages.SUCCESS,
+    )
+
+
+class SweepAwarePeriodicTaskForm(PeriodicTaskForm):
+    """django-celery-beat's form, refusing to rename the sweep or change its task (the system finds it by name)."""
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.instance.pk and self.instance.name == SWEEP_TASK_NAME:
+            if data.get("name") != SWEEP_TASK_NAME:
+                self.add_error(
+                    "name",
+                    f"The retry sweep must keep the name {SWEEP_TASK_NAME!r}: the system finds its schedule by "
+                    "this name and would otherwise create a second sweep at the next Beat start.",
+                )
+            if data.get("task") != SWEEP_TASK:
+                self.add_error("task", f"The retry sweep must run {SWEEP_TASK!r}.")
+        return data
+
+
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class SweepAwarePeriodicTaskAdmin(PeriodicTaskAdmin):
+    """django-celery-beat's admin; saving the sweep records its interval as the automatic-retry check interval."""
+
+    form = SweepAwarePeriodicTaskForm
+
+    def get_form(self, request: HttpRequest, obj: PeriodicTask | None = None, **kwargs: Any) -> type[forms.ModelForm]:
+        form = super().get_form(request, obj, **kwargs)
+        if obj is not None and obj.name == SWEEP_TASK_NAME and "interval" in form.base_fields:
+            form.base_fields["interval"].help_text = (
+                "How often the retry sweep runs. Saving records it as the automatic-retry check interval "
+                "(it survives migrations and Beat restarts; a running Beat picks it up without a restart)."
+            )
+        return form
+
+    def save_model(self, request: HttpRequest, obj: PeriodicTask, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if obj.name == SWEEP_TASK_NAME:
+            record_sweep_interval(request, obj, admin_view=self)
+
+
+admin.site.unregister(IntervalSchedule)
+
+
+@admin.register(IntervalSchedule)
+class SweepAwareIntervalScheduleAdmin(IntervalScheduleAdmin):
+    """django-celery-beat's admin; editing the interval the sweep uses records it like editing the sweep does."""
+
+    def save_model(self, request: HttpRequest, obj: IntervalSchedule, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        sweep = PeriodicTask.objects.filter(name=SWEEP_TASK_NAME, interval=obj).select_related("interval").first()
+        if sweep is not None:
+            record_sweep_interval(request, sweep, admin_view=self)

@@ -1,0 +1,240 @@
+"""The failed-jobs console (``FailedJobAdmin``): look at failed jobs, and act on them with the verbs (``verbs``).
+
+Nothing is editable and nothing can be added or deleted here. The list's columns are the ones an operator reads
+first, compact enough to fit a laptop screen (1,400 px) beside the filters; every time is shown to the second,
+with its time zone (``display.format_time``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import flatten_fieldsets
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_permission_codename
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.translation import ngettext
+from django_celery_beat.models import PeriodicTask
+
+from queueing import autoretry
+from queueing.admin import display, verbs
+from queueing.admin.columns import TIMELINE, FailedJobColumns
+from queueing.admin.filters import (
+    LIST_DEFERRED_FIELDS,
+    ErrorClassFilter,
+    FailedJobChangeList,
+    QueueFilter,
+    TaskFilter,
+)
+from queueing.models import FailedJob
+from queueing.schedule import SWEEP_TASK_NAME
+
+
+@admin.register(FailedJob)
+class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
+    list_display = (
+        "id",
+        "task",
+        "queue",
+        "status_badge",
+        "error_short",
+        "auto_retries",
+        "attempts",
+        "last_failed",
+        "next_retry",
+    )
+    list_display_links = ("id", "task")
+    list_filter = ("status", QueueFilter, TaskFilter, ErrorClassFilter)
+    search_fields = ("task_name", "exception_class", "exception_message", "=origin_task_id", "=latest_task_id")
+    search_help_text = "Task name, error class or message, a task id (exact), or the job's number."
+    date_hierarchy = "last_failed_at"
+    ordering = ("-last_failed_at", "-id")
+    list_per_page = 50
+    list_max_show_all = 500
+    show_full_result_count = False
+    actions = ("retry_selected", "discard_selected", "mark_dead_selected")
+    fieldsets = (
+        (None, {"fields": ("status_badge", "status_reason", "task_name", "queue", "origin_task", "latest_task")}),
+        ("Why it failed", {"fields": ("exception_class", "exception_message", "traceback_text")}),
+        ("The call", {"fields": ("args_json", "kwargs_json", "options_json")}),
+        ("Retries", {"fields": ("retries", "attempts", "next_retry_at_shown", "lease_expires_at_shown")}),
+        ("Timeline", {"fields": tuple(f"{name}_shown" for name in TIMELINE)}),
+        ("History of attempts", {"fields": ("history_table",)}),
+        ("Current claim", {"fields": ("claim_token", "claimed_by", "claimed_from"), "classes": ("collapse",)}),
+    )
+
+    # -- an operator's console: look and act, never edit ------------------------------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: FailedJob | None = None) -> bool:
+        return False  # the detail page is read-only; the verbs need has_operate_permission
+
+    def has_delete_permission(self, request: HttpRequest, obj: FailedJob | None = None) -> bool:
+        return False  # the row is the record of the failure: discard it instead
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Retry, discard and mark dead: for users allowed to change failed jobs."""
+        return request.user.has_perm(f"{self.opts.app_label}.{get_permission_codename('change', self.opts)}")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: FailedJob | None = None) -> list[str]:
+        return flatten_fieldsets(self.fieldsets)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return FailedJobChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[FailedJob], search_term: str
+    ) -> tuple[QuerySet[FailedJob], bool]:
+        filtered = queryset
+        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip().lstrip("#")
+        if term.isdigit():
+            queryset |= filtered.filter(pk=int(term))  # the job's number, within the current filters
+        return queryset, may_have_duplicates
+
+    # -- verbs: the list's actions, and the detail page's buttons -----------------------------------------
+
+    def _run_action(self, verb: verbs.Verb, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
+        if request.POST.get("post") != "yes":
+            preview = verbs.preview(verb, queryset)
+            if preview["eligible"]:
+                return self._confirmation(request, verb, preview, across=request.POST.get("select_across") == "1")
+        outcome = verbs.perform(verb, queryset, request=request)
+        self.message_user(request, outcome.message, outcome.level)
+        return None
+
+    @admin.action(description=verbs.RETRY.title, permissions=["operate"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
+        return self._run_action(verbs.RETRY, request, queryset)
+
+    @admin.action(description=verbs.DISCARD.title, permissions=["operate"])
+    def discard_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
+        return self._run_action(verbs.DISCARD, request, queryset)
+
+    @admin.action(description=verbs.MARK_DEAD.title, permissions=["operate"])
+    def mark_dead_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
+        return self._run_action(verbs.MARK_DEAD, request, queryset)
+
+    def _confirmation(
+        self,
+        request: HttpRequest,
+        verb: verbs.Verb,
+        preview: dict[str, Any],
+        *,
+        across: bool,
+        job: FailedJob | None = None,
+    ) -> TemplateResponse:
+        """The page that says what the verb will do, before it does it (posts back to the same URL)."""
+        if job is not None:
+            scope = f"Job {job.pk} ({job.task_name})."
+        elif across:
+            scope = ngettext(
+                "The %(n)d job matching the current filter%(filter)s.",
+                "All %(n)d jobs matching the current filter%(filter)s.",
+                preview["selected"],
+            ) % {"n": preview["selected"], "filter": self._describe_filter(request)}
+        else:
+            scope = ngettext("The %(n)d selected job.", "The %(n)d selected jobs.", preview["selected"]) % {
+                "n": preview["selected"]
+            }
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{verb.title.replace(' selected', '')}?" if job else f"{verb.title}?",
+            "opts": self.opts,
+            "verb": verb,
+            "scope": scope,
+            "preview": preview,
+            "job": job,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "selected_ids": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "select_across": "1" if across else "0",
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/queueing/failedjob/action_confirmation.html", context)
+
+    @staticmethod
+    def _describe_filter(request: HttpRequest) -> str:
+        names = {"q": "search", "e": None, "o": None, "p": None, "_facets": None}
+        parts = []
+        for key, values in request.GET.lists():
+            name = names.get(key, key.removesuffix("__exact"))
+            if name:
+                parts.append(f"{name} = {', '.join(values)}")
+        return f" ({'; '.join(parts)})" if parts else " (no filter: every job)"
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        operate = path(
+            "<path:object_id>/operate/",
+            self.admin_site.admin_view(self.operate_view),
+            name="{}_{}_operate".format(*info),
+        )
+        return [operate, *super().get_urls()]
+
+    def operate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The detail page's buttons: one verb on one job, confirmed first, then back to the detail page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_operate_permission(request):
+            raise PermissionDenied
+        verb = verbs.VERBS.get(request.POST.get("verb", ""))
+        if verb is None:
+            return HttpResponse("unknown verb: use retry, discard or mark_dead", status=400)
+        job = get_object_or_404(self.get_queryset(request).defer(*LIST_DEFERRED_FIELDS), pk=object_id)
+        selection = FailedJob.objects.filter(pk=job.pk)
+        if request.POST.get("post") != "yes":
+            preview = verbs.preview(verb, selection)
+            if preview["eligible"]:
+                return self._confirmation(request, verb, preview, across=False, job=job)
+        outcome = verbs.perform(verb, selection, request=request)
+        self.message_user(request, outcome.message, outcome.level)
+        return HttpResponseRedirect(reverse(f"{self.admin_site.name}:queueing_failedjob_change", args=[job.pk]))
+
+    # -- page context ------------------------------------------------------------------------------------
+
+    def _console_context(self, request: HttpRequest) -> dict[str, Any]:
+        sweep = PeriodicTask.objects.select_related("interval", "crontab").filter(name=SWEEP_TASK_NAME).first()
+        sweep_url = None
+        if sweep is not None and self.admin_site.is_registered(PeriodicTask):
+            sweep_url = reverse(f"{self.admin_site.name}:django_celery_beat_periodictask_change", args=[sweep.pk])
+        return {
+            "queueing_policy": autoretry.current_policy(),
+            "sweep": sweep,
+            "sweep_schedule": (sweep.interval or sweep.crontab or "no schedule") if sweep else None,
+            "sweep_url": sweep_url,
+            "can_operate": self.has_operate_permission(request),
+            "time_format": display.TIME_FORMAT_DJANGO,
+        }
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        context = {
+            "title": "Failed jobs",
+            # The list needs the width (its columns fit 1,400 px beside the filters); the breadcrumbs lead on.
+            "is_nav_sidebar_enabled": False,
+            **self._console_context(request),
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        context = {**self._console_context(request), "verbs": list(verbs.VERBS.values()), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, context)
+
+    def history_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> Any:
+        context = {"time_format": display.TIME_FORMAT_DJANGO, **(extra_context or {})}
+        return super().history_view(request, object_id, context)
