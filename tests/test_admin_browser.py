@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -157,6 +159,79 @@ def test_only_the_ticked_rows_are_retried(
     assert {str(pk) for pk, status in statuses.items() if status == FailedJob.Status.RETRYING} == set(ticked)
     assert sorted(statuses.values()) == ["failed", "retrying", "retrying"]
     assert broker.llen("default") == 2
+
+
+#: What a laptop shows of the admin: the size the layout test opens the list at.
+LAPTOP = {"width": 1400, "height": 900}
+
+#: Where each column an operator needs first ends, and whether the table or the page scrolls sideways.
+LAYOUT_PROBE = """() => {
+    const right = (name) => document.querySelector(`#result_list th.column-${name}`).getBoundingClientRect().right;
+    const results = document.querySelector("#changelist-form .results");
+    return {
+        viewport: window.innerWidth,
+        visible: Math.min(window.innerWidth, results.getBoundingClientRect().right),
+        right: {attempts: right("attempts"), last_failed: right("last_failed"), next_retry: right("next_retry")},
+        table_overflow: results.scrollWidth - results.clientWidth,
+        page_overflow: document.documentElement.scrollWidth - window.innerWidth,
+    };
+}"""
+
+
+@pytest.fixture
+def realistic_jobs(make_failed_job: Callable[..., FailedJob], now: datetime) -> list[FailedJob]:
+    """A page as an operator meets it: the example workload's long names and connection errors."""
+    User.objects.create_user("operator", password=PASSWORD, is_staff=True, is_superuser=True)
+    ensure_sweep_schedule()
+    error = (
+        "HTTPConnectionPool(host='whatsapp-gateway.internal', port=8001): Max retries exceeded with url: "
+        "/api/send-message (Caused by NewConnectionError('<urllib3.connection.HTTPConnection object at "
+        "0x7f3a2c1b5d90>: Failed to establish a new connection: [Errno 111] Connection refused'))"
+    )
+    jobs = []
+    for i in range(12):
+        at = now - timedelta(hours=i, minutes=7 * i, seconds=i)
+        jobs.append(
+            make_failed_job(
+                task_name="messaging.tasks.send_whatsapp_message",
+                queue="whatsapp-send",
+                status=[FailedJob.Status.FAILED, FailedJob.Status.DEAD, FailedJob.Status.RETRYING][i % 3],
+                exception_class="requests.exceptions.ConnectionError",
+                exception_message=error,
+                retry_count=i % 4,
+                manual_retry_count=i % 2,
+                attempts=4 * (1 + i % 4),
+                first_failed_at=at - timedelta(days=1),
+                last_failed_at=at,
+                next_retry_at=None if i % 3 == 1 else now + timedelta(minutes=5 - i),
+            )
+        )
+    return jobs
+
+
+def test_the_columns_an_operator_needs_first_fit_a_laptop_screen(
+    live_server: Any, realistic_jobs: list[FailedJob], tmp_path: Path
+) -> None:
+    with browser_page() as page:
+        # Given an operator on a laptop (1,400 x 900) who opens the failed jobs, every filter in the sidebar
+        page.set_viewport_size(LAPTOP)
+        _log_in(page, live_server.url, "/admin/queueing/failedjob/")
+        page.screenshot(path=str(tmp_path / "laptop.png"))
+
+        # When we measure where the columns end, and whether anything scrolls sideways
+        layout = page.evaluate(LAYOUT_PROBE)
+        last_failed = page.locator("#result_list tbody td.field-last_failed").first.inner_text()
+        next_retry = page.locator("#result_list tbody td.field-next_retry").first.inner_text()
+
+    # Then Attempts, Last failed and Next retry end inside the window, with no scroll bar in the table or the page
+    assert all(edge <= layout["visible"] for edge in layout["right"].values()), layout
+    assert layout["table_overflow"] <= 0, layout
+    assert layout["page_overflow"] <= 0, layout
+    # And each time is told to the second, with its time zone, and how far from now it is
+    time = re.compile(r"\d{4}-\d\d-\d\d\s\d\d:\d\d:\d\d\sUTC")
+    assert time.search(last_failed) and "just now" in last_failed, last_failed
+    assert time.search(next_retry) and re.search(r"in [45]\sminutes", next_retry), next_retry
+    _keep_screenshots(tmp_path)
 
 
 def _keep_screenshots(tmp_path: Path) -> None:
