@@ -729,6 +729,18 @@ def test_the_sweep_cannot_be_renamed_in_the_admin(superuser_client: Client) -> N
     assert PeriodicTask.objects.filter(name=SWEEP_TASK_NAME).exists()
 
 
+def test_the_periodic_tasks_times_are_shown_in_the_admins_one_format(superuser_client: Client) -> None:
+    sweep = ensure_sweep_schedule()
+    PeriodicTask.objects.filter(pk=sweep.pk).update(last_run_at=datetime(2026, 12, 1, 20, 0, 14, tzinfo=UTC))
+
+    listed = superuser_client.get(reverse("admin:django_celery_beat_periodictask_changelist")).content.decode()
+    detail = superuser_client.get(reverse("admin:django_celery_beat_periodictask_change", args=[sweep.pk]))
+
+    assert ">2026-12-01 20:00:14 UTC</time>" in listed
+    assert ">2026-12-01 20:00:14 UTC</time>" in detail.content.decode()
+    assert "start_time_0" in detail.content.decode()  # the start time is still an input
+
+
 def test_other_periodic_tasks_are_edited_as_before(superuser_client: Client) -> None:
     ensure_sweep_schedule()
     every_minute, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.MINUTES)

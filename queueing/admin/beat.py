@@ -16,10 +16,12 @@ import django_celery_beat.admin  # noqa: F401  (registers its admins first, so t
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
+from django.utils.safestring import SafeString
 from django_celery_beat.admin import IntervalScheduleAdmin, PeriodicTaskAdmin, PeriodicTaskForm
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from queueing import autoretry
+from queueing.admin import display
 from queueing.schedule import SWEEP_TASK, SWEEP_TASK_NAME, interval_seconds, set_sweep_interval
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,11 @@ class SweepAwarePeriodicTaskForm(PeriodicTaskForm):
         return data
 
 
+def _shown_name(name: str, *, times: tuple[str, ...] = ("start_time", "last_run_at")) -> str:
+    """The column that shows the time ``name`` of a periodic task in the admin's one format, or ``name`` itself."""
+    return f"{name}_shown" if name in times else name
+
+
 admin.site.unregister(PeriodicTask)
 
 
@@ -76,6 +83,22 @@ class SweepAwarePeriodicTaskAdmin(PeriodicTaskAdmin):
     """django-celery-beat's admin; saving the sweep records its interval as the automatic-retry check interval."""
 
     form = SweepAwarePeriodicTaskForm
+    # Times in the admin's one format (``display.format_time``), not Django's "Dec. 1, 2026, 8 p.m.".
+    list_display = tuple(_shown_name(name) for name in PeriodicTaskAdmin.list_display)
+    readonly_fields = tuple(_shown_name(name) for name in PeriodicTaskAdmin.readonly_fields)
+    fieldsets = tuple(
+        # Only the read-only time: the start time stays an input.
+        (title, {**options, "fields": tuple(_shown_name(name, times=("last_run_at",)) for name in options["fields"])})
+        for title, options in PeriodicTaskAdmin.fieldsets
+    )
+
+    @admin.display(description="start time", ordering="start_time")
+    def start_time_shown(self, obj: PeriodicTask) -> SafeString | str:
+        return display.time_text(obj.start_time)
+
+    @admin.display(description="last run at", ordering="last_run_at")
+    def last_run_at_shown(self, obj: PeriodicTask) -> SafeString | str:
+        return display.time_text(obj.last_run_at)
 
     def get_form(self, request: HttpRequest, obj: PeriodicTask | None = None, **kwargs: Any) -> type[forms.ModelForm]:
         form = super().get_form(request, obj, **kwargs)
