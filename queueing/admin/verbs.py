@@ -80,11 +80,14 @@ class Verb:
         return ""
 
     def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
+        """Act on ``ids`` (eligible when read) through ``queueing.operations``; say which ones it changed."""
         raise NotImplementedError
 
 
 @dataclass(frozen=True, kw_only=True)
 class RetryVerb(Verb):
+    """Send failed and dead jobs again now, as manual retries (``operations.retry_now``)."""
+
     def note(self) -> str:
         max_retries = autoretry.current_policy().max_retries
         limit = (
@@ -132,6 +135,7 @@ class TransitionVerb(Verb):
     """A verb that moves jobs to a final or waiting state in one service call (discard, mark dead)."""
 
     def transition(self, ids: list[int], *, now: datetime, user: User) -> list[int]:
+        """The operation's call; returns the ids it changed."""
         raise NotImplementedError
 
     def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
@@ -146,12 +150,16 @@ class TransitionVerb(Verb):
 
 @dataclass(frozen=True, kw_only=True)
 class DiscardVerb(TransitionVerb):
+    """Give up on failed and dead jobs, for good (``operations.discard``)."""
+
     def transition(self, ids: list[int], *, now: datetime, user: User) -> list[int]:
         return operations.discard(ids=ids, now=now)
 
 
 @dataclass(frozen=True, kw_only=True)
 class MarkDeadVerb(TransitionVerb):
+    """Stop the automatic retries of failed jobs (``operations.mark_dead``); the reason names the operator."""
+
     def transition(self, ids: list[int], *, now: datetime, user: User) -> list[int]:
         return operations.mark_dead(ids=ids, now=now, reason=f"marked dead by {user.get_username()} in the admin")
 
