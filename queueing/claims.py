@@ -11,32 +11,23 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import EncodeError
 
+from queueing import lifecycle
 from queueing.autoretry import current_policy
 from queueing.conf import get_settings
 from queueing.models import FailedJob, FailedJobQuerySet
 from queueing.policy import RetryPolicy
-from queueing.recording import NO_CLAIM, clear_claim, settle
 from queueing.registry import HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, celery_app, registered_task
 
 logger = logging.getLogger(__name__)
 
 Status = FailedJob.Status
 ClaimedBy = FailedJob.ClaimedBy
-
-
-UNKNOWN_TASK_PREFIX = "unregistered task: "
-UNKNOWN_TASK_REASON = (
-    UNKNOWN_TASK_PREFIX + "{name!r} is not registered in this project: deploy the task (or fix its name), "
-    "then retry the job"
-)
 
 
 def require_autocommit() -> None:
@@ -55,16 +46,11 @@ def mark_unknown_tasks_dead(candidates: FailedJobQuerySet, *, now: datetime, lim
             candidates.select_for_update()
             .filter(status__in=[Status.FAILED, Status.DEAD])
             .exclude(task_name__in=registered)
-            .exclude(status=Status.DEAD, status_reason__startswith=UNKNOWN_TASK_PREFIX)
+            .exclude(status=Status.DEAD, reason_code=FailedJob.Reason.UNREGISTERED_TASK)
             .order_by("id")[:limit]
         )
         for job in jobs:
-            if job.status == Status.FAILED:
-                job.status, job.dead_at = Status.DEAD, now
-            job.next_retry_at = None
-            job.status_reason = UNKNOWN_TASK_REASON.format(name=job.task_name)
-            job.add_event("dead", now, reason=job.status_reason)
-            job.save(update_fields=["status", "dead_at", "next_retry_at", "status_reason", "history", "updated_at"])
+            lifecycle.mark_unregistered_dead(job, now=now)
             logger.error("job %s: %s", job.pk, job.status_reason)
     return len(jobs)
 
@@ -72,7 +58,6 @@ def mark_unknown_tasks_dead(candidates: FailedJobQuerySet, *, now: datetime, lim
 def claim(candidates: FailedJobQuerySet, *, now: datetime, claimed_by: str, limit: int) -> list[FailedJob]:
     """Claim up to ``limit`` of ``candidates`` whose task is registered, exclusively. Returns the claimed rows."""
     token = uuid.uuid4()
-    counter = _retry_counter(claimed_by)
     with transaction.atomic():
         ids_query = (
             candidates.filter(task_name__in=set(celery_app().tasks.keys()))
@@ -84,34 +69,32 @@ def claim(candidates: FailedJobQuerySet, *, now: datetime, claimed_by: str, limi
         ids = list(ids_query[:limit])
         if not ids:
             return []
-        # One conditional UPDATE: a row another sweep claimed in the meantime no longer matches.
-        candidates.filter(pk__in=ids).update(
-            claimed_from=F("status"),
-            status=Status.RETRYING,
-            claim_token=token,
+        lifecycle.claim(
+            candidates,
+            ids=ids,
+            token=token,
             claimed_by=claimed_by,
-            lease_expires_at=now + timedelta(seconds=get_settings().lease_seconds),
-            last_retried_at=now,
-            retry_started_at=None,
-            next_retry_at=None,
-            updated_at=now,
-            **{counter: F(counter) + 1},
+            now=now,
+            lease_seconds=get_settings().lease_seconds,
         )
         return list(FailedJob.objects.filter(claim_token=token).order_by("id"))
 
 
 @dataclass(frozen=True)
 class PublishResult:
-    sent: int = 0
+    sent_ids: tuple[int, ...] = ()  # the jobs sent
     unsendable: int = 0  # the stored call no longer fits its task: now dead
     refused: int = 0  # the broker refused: claim released, retry given back
-    sent_ids: tuple[int, ...] = ()
+
+    @property
+    def sent(self) -> int:
+        return len(self.sent_ids)
 
 
 def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
     """Send each claimed job as a fresh task call, over one broker connection."""
-    sent = unsendable = refused = 0
     sent_ids: list[int] = []
+    unsendable = refused = 0
     with celery_app().producer_or_acquire() as producer:
         for job in jobs:
             task = registered_task(job.task_name)
@@ -133,48 +116,20 @@ def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
             except (TypeError, EncodeError) as exc:
                 # The stored call no longer fits the task (its signature changed) or cannot be encoded:
                 # sending it again cannot help until a person looks at it.
-                _give_up(job, now=now, reason=f"the stored call cannot be sent to {job.task_name}: {exc}"[:500])
+                text = f"the stored call cannot be sent to {job.task_name}: {exc}"[:500]
+                logger.error("job %s: %s; marked dead", job.pk, text)
+                lifecycle.give_up(job, now=now, text=text)
                 unsendable += 1
                 continue
             except Exception as exc:  # noqa: BLE001  (a broker error: give the claim back, keep going)
                 logger.error("job %s: could not send the retry (%r); claim released", job.pk, exc)
-                _release(job, now=now, reason=f"retry could not be sent: {exc!r}"[:500])
+                text = f"retry could not be sent: {exc!r}"[:500]
+                lifecycle.give_back(job, now=now, reason=FailedJob.Reason.PUBLISH_FAILED, text=text)
                 refused += 1
                 continue
-            sent += 1
             sent_ids.append(job.pk)
             logger.info("job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by)
-    return PublishResult(sent=sent, unsendable=unsendable, refused=refused, sent_ids=tuple(sent_ids))
-
-
-def _give_up(job: FailedJob, *, now: datetime, reason: str) -> None:
-    """A claimed job that can never be sent as stored: dead, with the reason (the retry is given back)."""
-    logger.error("job %s: %s; marked dead", job.pk, reason)
-    _unclaim(job, now=now, status=Status.DEAD, reason=reason, dead_at=now, next_retry_at=None)
-
-
-def _release(job: FailedJob, *, now: datetime, reason: str) -> None:
-    """Undo a claim whose clone never ran: back to the state it came from, the retry given back."""
-    back_to = job.claimed_from or Status.FAILED
-    _unclaim(job, now=now, status=back_to, reason=reason, next_retry_at=now if back_to == Status.FAILED else None)
-
-
-def _unclaim(job: FailedJob, *, now: datetime, status: str, reason: str, **fields: Any) -> None:
-    """End a claim whose clone never ran, if it is still ours, giving its retry back."""
-    counter = _retry_counter(job.claimed_by)
-    FailedJob.objects.filter(pk=job.pk, claim_token=job.claim_token, status=Status.RETRYING).update(
-        status=status,
-        status_reason=reason,
-        updated_at=now,
-        **NO_CLAIM,
-        **fields,
-        **{counter: F(counter) - 1},
-    )
-
-
-def _retry_counter(claimed_by: str) -> str:
-    """The counter a claim adds to: automatic retries for the sweep's, manual ones for an operator's."""
-    return "retry_count" if claimed_by == ClaimedBy.SWEEP else "manual_retry_count"
+    return PublishResult(sent_ids=tuple(sent_ids), unsendable=unsendable, refused=refused)
 
 
 # --- the sweep ------------------------------------------------------------------------------------------
@@ -206,31 +161,13 @@ def sweep(*, now: datetime | None = None, batch_size: int | None = None) -> Swee
 
 
 def _recover_expired_leases(*, now: datetime, policy: RetryPolicy, limit: int) -> int:
+    """Step 6: take back up to ``limit`` jobs whose lease ran out (``lifecycle.expire_lease``)."""
     with transaction.atomic():
         expired = FailedJob.objects.lease_expired(now).order_by("lease_expires_at")
         if connection.features.has_select_for_update_skip_locked:
             expired = expired.select_for_update(skip_locked=True)
         jobs = list(expired[:limit])
         for job in jobs:
-            if job.retry_started_at is None:
-                # The clone never started: the publish was lost. The retry was never attempted.
-                counter = _retry_counter(job.claimed_by)
-                setattr(job, counter, getattr(job, counter) - 1)
-                reason = "lease expired before the retry started (publish lost?); the retry was given back"
-                back_to = job.claimed_from or Status.FAILED
-                job.status = back_to
-                job.status_reason = reason if back_to == Status.FAILED else job.status_reason
-                job.next_retry_at = now if back_to == Status.FAILED else None
-                clear_claim(job)
-            else:
-                # The clone started and never reported back (worker killed?): that retry is used up.
-                started = job.retry_started_at.isoformat()
-                reason = f"lease expired: the retry started at {started} and never finished"
-                dead = job.claimed_from == Status.DEAD or job.retry_count >= policy.max_retries
-                settle(job, dead_reason=reason if dead else "", policy=policy, now=now)
-                if not dead:
-                    job.status_reason = reason
-            job.add_event("lease_expired", now, reason=reason)
-            job.save()
+            reason = lifecycle.expire_lease(job, now=now, policy=policy)
             logger.warning("job %s: %s; now %s", job.pk, reason, job.status)
     return len(jobs)

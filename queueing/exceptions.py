@@ -17,3 +17,14 @@ class UnknownQueue(ValueError):
         self.name = name
         self.known = known
         super().__init__(f"unknown queue {name!r}; known queues: {', '.join(known) or '(none)'}")
+
+
+class InvalidTransition(RuntimeError):
+    """A lifecycle verb called on a job in a state it cannot leave that way (``models.py`` tells the moves)."""
+
+    def __init__(self, job_id: int | None, status: str, move: str, allowed: tuple[str, ...] = ()) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.move = move
+        allowed_from = f"; allowed from: {', '.join(allowed)}" if allowed else ""
+        super().__init__(f"job {job_id}: cannot {move} a job that is {status!r}{allowed_from}")

@@ -1,6 +1,10 @@
 """Failed jobs and their lifecycle.
 
-How a job moves between states (``FailedJob.Status``), and what each transition writes:
+How a job moves between states (``FailedJob.Status``), and what each transition writes. Each move is
+written once, as a verb in ``queueing/lifecycle.py`` (named in brackets); the verb saves only the fields it
+changes, sets the coded reason (``reason_code``, a ``FailedJob.Reason``) beside the human ``status_reason``,
+and raises ``InvalidTransition`` for a move this story does not allow. Where a failing job goes (``failed`` or
+``dead``, and why) is decided by the pure ``queueing/policy.py``.
 
 1. A task call raises. ``RetryableTask`` retries it at once, ``IMMEDIATE_RETRIES`` times, waiting
    ``BACKOFF_BASE * 2**n`` seconds (2, 4, 8). Nothing is written yet.
@@ -9,25 +13,31 @@ How a job moves between states (``FailedJob.Status``), and what each transition 
    ``first_failed_at``/``last_failed_at`` and ``next_retry_at = now + RETRY_DELAY``. A ``PermanentError``
    (or ``MAX_RETRIES == 0``) writes it ``dead`` at once, with ``dead_at``. If the database cannot be
    written then, the failure is handed to the broker (``record_failed_job``) and written when it is back.
+   [``record_failure``; reasons ``permanent_error``, ``retries_used_up``]
 3. The sweep (every ``CHECK_INTERVAL``) claims ``failed`` rows whose ``next_retry_at`` has passed and whose
    ``retry_count < MAX_RETRIES``: ``retrying``, ``retry_count + 1``, a fresh ``claim_token``,
    ``lease_expires_at = now + LEASE_SECONDS``, ``last_retried_at``. After the commit it sends each row as a
    fresh task call carrying the row id and the claim token in its headers. A row naming a task this
    project does not register is marked ``dead`` with a ``status_reason``, never sent.
+   [``claim``; ``mark_unregistered_dead``, reason ``unregistered_task``; a claimed row that cannot be sent:
+   ``give_up``, ``dead``, reason ``unsendable``; one the broker refuses: ``give_back``, ``publish_failed``]
    An operator's retry (admin, API, ``retry_all_failed``) claims ``failed`` and ``dead`` rows the same way
    but counts ``manual_retry_count`` instead: manual retries never use up the automatic ones.
 4. The clone starts: if the row is still ``retrying`` under its claim token, the lease is renewed
    (``retry_started_at``, ``lease_expires_at = now + LEASE_SECONDS``); if not, the delivery is stale and
-   the clone does nothing. The clone has its own immediate retries (step 1).
+   the clone does nothing. The clone has its own immediate retries (step 1). [``start_clone``]
 5. The clone succeeds: ``resolved``, ``resolved_at``. It fails for good: the same row (never a second one)
    goes back to ``failed`` with a new ``next_retry_at``, or to ``dead`` (``dead_at``) once
    ``retry_count >= MAX_RETRIES`` or when it had been ``dead`` before the operator's retry.
+   [``resolve``; ``record_failure``, reason ``retries_used_up`` or ``failed_after_operator_retry``]
 6. A lease runs out (the publish was lost, or the worker died): the sweep takes the row back. If the clone
    never started, the retry was never attempted: the row returns to the state it was claimed from and the
    retry is given back. If the clone started and vanished, the retry is used up and the row is ``failed``
-   (due after ``RETRY_DELAY``) or ``dead`` as in step 5.
+   (due after ``RETRY_DELAY``) or ``dead`` as in step 5. [``expire_lease``: ``give_back`` with reason
+   ``lease_expired_not_started``, or ``use_up``, reason ``lease_expired``]
 7. An operator can discard a ``failed`` or ``dead`` job (``discarded``, ``discarded_at``) or mark a
-   ``failed`` one dead; ``resolved`` and ``discarded`` are final.
+   ``failed`` one dead; ``resolved`` and ``discarded`` are final. [``discard``, reason
+   ``operator_discarded``; ``mark_dead``, reason ``operator_marked_dead``]
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ from typing import Any
 
 from django.db import models
 from django.db.models import Q
+
+from queueing import policy
 
 #: Most events kept in ``FailedJob.history``.
 HISTORY_MAX_EVENTS = 50
@@ -75,6 +87,24 @@ class FailedJob(models.Model):
         DISCARDED = "discarded", "Discarded"
         """An operator gave up on it. Final."""
 
+    class Reason(models.TextChoices):
+        """Why the system put a job in its state (``policy.Reason`` tells each); blank when there is none."""
+
+        NONE = policy.Reason.NONE.value, "—"
+        UNREGISTERED_TASK = policy.Reason.UNREGISTERED_TASK.value, "Unregistered task"
+        PERMANENT_ERROR = policy.Reason.PERMANENT_ERROR.value, "Permanent error"
+        RETRIES_USED_UP = policy.Reason.RETRIES_USED_UP.value, "Retries used up"
+        LEASE_EXPIRED = policy.Reason.LEASE_EXPIRED.value, "Lease expired"
+        LEASE_EXPIRED_NOT_STARTED = policy.Reason.LEASE_EXPIRED_NOT_STARTED.value, "Lease expired before the start"
+        UNSENDABLE = policy.Reason.UNSENDABLE.value, "Cannot be sent"
+        PUBLISH_FAILED = policy.Reason.PUBLISH_FAILED.value, "Publish failed"
+        FAILED_AFTER_OPERATOR_RETRY = (
+            policy.Reason.FAILED_AFTER_OPERATOR_RETRY.value,
+            "Failed again after an operator's retry",
+        )
+        OPERATOR_DISCARDED = policy.Reason.OPERATOR_DISCARDED.value, "Discarded by an operator"
+        OPERATOR_MARKED_DEAD = policy.Reason.OPERATOR_MARKED_DEAD.value, "Marked dead by an operator"
+
     class ClaimedBy(models.TextChoices):
         SWEEP = "sweep", "Automatic sweep"
         OPERATOR = "operator", "Operator"
@@ -88,6 +118,9 @@ class FailedJob(models.Model):
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.FAILED)
     status_reason = models.TextField(blank=True, help_text="Why the system put the job in its state.")
+    reason_code = models.CharField(
+        max_length=32, choices=Reason.choices, blank=True, default="", help_text="The reason, as a code."
+    )
     exception_class = models.CharField(max_length=255, blank=True)
     exception_message = models.TextField(blank=True)
     traceback = models.TextField(blank=True)

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from queueing import lifecycle
 from queueing.claims import ClaimedBy, claim, mark_unknown_tasks_dead, publish, require_autocommit
 from queueing.conf import get_settings
 from queueing.models import FailedJob
 from queueing.registry import known_queues, validate_queue
 
 Status = FailedJob.Status
+
+
+class OperatorVerb(Protocol):
+    def __call__(self, job: FailedJob, /, *, now: datetime, text: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,7 @@ class RetryOutcome:
     unknown: int = 0  # not sent: the task is not registered (marked dead with the reason)
     unsendable: int = 0  # not sent: the stored call no longer fits the task (now dead)
     refused: int = 0  # not sent: the broker refused; the run stopped there
-    retried_ids: tuple[int, ...] = ()  # the jobs sent (``retried`` of them)
+    retried_ids: tuple[int, ...] = ()  # the ids of the jobs sent (``retried`` of them), in the order sent
 
     def as_dict(self) -> dict[str, int]:
         return {"total": self.total, "retried": self.retried}
@@ -61,18 +67,18 @@ def retry_now(
     unknown = 0
     while marked := mark_unknown_tasks_dead(candidates, now=now, limit=limit):
         unknown += marked
-    retried = unsendable = refused = 0
     retried_ids: list[int] = []
+    unsendable = refused = 0
     while claimed := claim(candidates, now=now, claimed_by=ClaimedBy.OPERATOR, limit=limit):
         result = publish(claimed, now=now)
-        retried, unsendable = retried + result.sent, unsendable + result.unsendable
         retried_ids += result.sent_ids
+        unsendable += result.unsendable
         if result.refused:
             refused = result.refused
             break  # the broker refuses: stop rather than spin on the released rows
     return RetryOutcome(
         total=total,
-        retried=retried,
+        retried=len(retried_ids),
         unknown=unknown,
         unsendable=unsendable,
         refused=refused,
@@ -81,39 +87,25 @@ def retry_now(
 
 
 def discard(*, ids: Iterable[int], now: datetime | None = None, reason: str = "discarded by an operator") -> list[int]:
-    """Give up on failed or dead jobs (final). Returns the ids of those discarded."""
+    """Give up on failed or dead jobs (final). Returns the ids of the jobs discarded; others are left alone."""
     now = now or timezone.now()
-
-    def apply(job: FailedJob) -> None:
-        job.status, job.discarded_at = Status.DISCARDED, now
-
-    return _operator_transition(ids, allowed=[Status.FAILED, Status.DEAD], apply=apply, now=now, reason=reason)
+    return _each_allowed(ids, allowed=[Status.FAILED, Status.DEAD], verb=lifecycle.discard, now=now, text=reason)
 
 
 def mark_dead(
     *, ids: Iterable[int], now: datetime | None = None, reason: str = "marked dead by an operator"
 ) -> list[int]:
-    """Stop automatic retries of failed jobs. Returns the ids of those that became dead."""
+    """Stop automatic retries of failed jobs. Returns the ids of the jobs that became dead; others are left alone."""
     now = now or timezone.now()
-
-    def apply(job: FailedJob) -> None:
-        job.status, job.dead_at = Status.DEAD, now
-
-    return _operator_transition(ids, allowed=[Status.FAILED], apply=apply, now=now, reason=reason)
+    return _each_allowed(ids, allowed=[Status.FAILED], verb=lifecycle.mark_dead, now=now, text=reason)
 
 
-def _operator_transition(
-    ids: Iterable[int], *, allowed: list[str], apply: Callable[[FailedJob], None], now: datetime, reason: str
-) -> list[int]:
-    """Move the given jobs that are in an ``allowed`` state, each with a history event; returns their ids."""
+def _each_allowed(ids: Iterable[int], *, allowed: list[str], verb: OperatorVerb, now: datetime, text: str) -> list[int]:
+    """Apply ``verb`` to those of the given jobs that are in an ``allowed`` state (locked). Returns their ids."""
     with transaction.atomic():
         jobs = list(FailedJob.objects.select_for_update().filter(pk__in=list(ids), status__in=allowed).order_by("pk"))
         for job in jobs:
-            apply(job)
-            job.next_retry_at = None
-            job.status_reason = reason
-            job.add_event(job.status, now, reason=reason)
-            job.save()
+            verb(job, now=now, text=text)
     return [job.pk for job in jobs]
 
 

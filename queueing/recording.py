@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from queueing import lifecycle
 from queueing.autoretry import current_policy
 from queueing.conf import get_settings
 from queueing.models import FailedJob
-from queueing.policy import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,17 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
                         job.status,
                     )
                     return job
-            _apply_failure(job, failure, policy=policy, now=now)
-            job.save()
+            lifecycle.fail(
+                job,
+                task_id=failure.task_id,
+                attempts=failure.attempts,
+                exception_class=failure.exception_class,
+                exception_message=failure.exception_message,
+                traceback=failure.traceback,
+                permanent=failure.permanent,
+                policy=policy,
+                now=now,
+            )
     except IntegrityError:
         # Another process recorded the same original call a moment ago: update that row instead.
         if failure.job_id is None and FailedJob.objects.filter(origin_task_id=failure.origin_task_id).exists():
@@ -114,53 +123,6 @@ def _new_job(failure: Failure, *, now: datetime) -> FailedJob:
     )
 
 
-def _apply_failure(job: FailedJob, failure: Failure, *, policy: RetryPolicy, now: datetime) -> None:
-    job.exception_class = failure.exception_class
-    job.exception_message = failure.exception_message
-    job.traceback = failure.traceback
-    job.attempts += failure.attempts
-    job.last_failed_at = now
-    job.latest_task_id = failure.task_id
-    job.add_event(
-        "failed",
-        now,
-        task_id=failure.task_id,
-        attempts=failure.attempts,
-        error=f"{failure.exception_class}: {failure.exception_message}"[:500],
-    )
-    if job.claimed_from == Status.DEAD:
-        reason = "failed again after an operator's retry of a dead job"
-    elif failure.permanent:
-        reason = "permanent error: not retried automatically"
-    elif job.retry_count >= policy.max_retries:
-        reason = f"automatic retries used up ({job.retry_count} of {policy.max_retries})"
-    else:
-        reason = ""
-    settle(job, dead_reason=reason, policy=policy, now=now)
-
-
-#: The claim fields of a job that no claim holds.
-NO_CLAIM: dict[str, Any] = {"claim_token": None, "claimed_by": "", "claimed_from": "", "lease_expires_at": None}
-
-
-def clear_claim(job: FailedJob) -> None:
-    for name, value in NO_CLAIM.items():
-        setattr(job, name, value)
-
-
-def settle(job: FailedJob, *, dead_reason: str, policy: RetryPolicy, now: datetime) -> None:
-    """Leave a job ``dead`` (when there is a reason) or ``failed`` and due after the retry delay."""
-    clear_claim(job)
-    job.status_reason = dead_reason
-    if dead_reason:
-        job.status = Status.DEAD
-        job.dead_at = now
-        job.next_retry_at = None
-    else:
-        job.status = Status.FAILED
-        job.next_retry_at = now + timedelta(seconds=policy.retry_delay_seconds)
-
-
 def _claimed_job(job_id: int, claim_token: str | None) -> FailedJob | None:
     """The row still ``retrying`` under this claim, locked (call inside ``transaction.atomic``)."""
     if claim_token is None:
@@ -177,12 +139,7 @@ def start_clone(*, job_id: int, claim_token: str, task_id: str, now: datetime | 
         job = _claimed_job(job_id, claim_token)
         if job is None:
             return False
-        if job.retry_started_at is None:
-            job.add_event("retry_started", now, task_id=task_id, by=job.claimed_by)
-        job.retry_started_at = now
-        job.lease_expires_at = now + timedelta(seconds=get_settings().lease_seconds)
-        job.latest_task_id = task_id
-        job.save(update_fields=["retry_started_at", "lease_expires_at", "latest_task_id", "history", "updated_at"])
+        lifecycle.start_clone(job, task_id=task_id, now=now, lease_seconds=get_settings().lease_seconds)
     return True
 
 
@@ -194,12 +151,6 @@ def record_success(*, job_id: int, claim_token: str, task_id: str, now: datetime
         if job is None:
             logger.warning("job %s: clone %s succeeded after its claim was gone", job_id, task_id)
             return False
-        job.status = Status.RESOLVED
-        job.resolved_at = now
-        job.status_reason = ""
-        clear_claim(job)
-        job.latest_task_id = task_id
-        job.add_event("resolved", now, task_id=task_id)
-        job.save()
+        lifecycle.resolve(job, task_id=task_id, now=now)
     logger.info("job %s (%s) resolved by clone %s", job.pk, job.task_name, task_id)
     return True
