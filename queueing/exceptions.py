@@ -24,7 +24,7 @@ class InvalidTransition(RuntimeError):
 
     def __init__(self, job_id: int | None, status: str, move: str, allowed: tuple[str, ...] = ()) -> None:
         self.job_id = job_id
-        self.status = status
+        self.status = str(status)
         self.move = move
-        allowed_from = f"; allowed from: {', '.join(allowed)}" if allowed else ""
-        super().__init__(f"job {job_id}: cannot {move} a job that is {status!r}{allowed_from}")
+        allowed_from = f"; allowed from: {', '.join(map(str, allowed))}" if allowed else ""
+        super().__init__(f"job {job_id}: cannot {move} a job that is {self.status!r}{allowed_from}")

@@ -41,6 +41,9 @@ def test_a_failing_task_is_retried_immediately_with_doubling_delays(
     assert len(gaps) == 3
     for gap, expected in zip(gaps, [0.3, 0.6, 1.2], strict=True):
         assert expected * 0.9 <= gap <= expected + 1.0, gaps
+    # Doubling, not a constant wait: the last gap (1.2 s) is four times the first (0.3 s), which no constant
+    # delay (with the same scheduling noise on each gap) can give.
+    assert gaps[2] > 2 * gaps[0], gaps
     assert not FailedJob.objects.exists()
 
 
@@ -163,6 +166,39 @@ def test_retry_all_failed_resends_failed_and_dead_jobs_once(
     assert busy.status == FailedJob.Status.RETRYING
     dead.refresh_from_db()
     assert dead.retry_count == 3 and dead.manual_retry_count == 1
+
+
+def test_a_dead_job_retried_by_hand_that_fails_again_is_dead_again(
+    celery_worker: Any, broker: redis.Redis, make_failed_job: Any
+) -> None:
+    key = _key()
+    # Given a job an operator marked dead, with all its automatic retries left, whose task still fails
+    job = make_failed_job(
+        task_name="tests.tasks.always_fail",
+        args=[key],
+        status=FailedJob.Status.DEAD,
+        next_retry_at=None,
+        status_reason="marked dead by an operator",
+        reason_code=FailedJob.Reason.OPERATOR_MARKED_DEAD,
+    )
+
+    # When an operator retries it and the retry fails after its own immediate retries
+    outcome = operations.retry_now(ids=[job.pk])
+    assert outcome.retried_ids == (job.pk,)
+    job = wait_for(
+        lambda: (j := FailedJob.objects.get(pk=job.pk)).status != FailedJob.Status.RETRYING and j,
+        what="the operator's retry to fail",
+    )
+
+    # Then it is dead again (not failed, though automatic retries are left), and the sweep leaves it alone
+    assert int(broker.get(f"runs:{key}")) == 4
+    assert job.status == FailedJob.Status.DEAD
+    assert job.reason_code == FailedJob.Reason.FAILED_AFTER_OPERATOR_RETRY
+    assert "after an operator's retry" in job.status_reason
+    assert (job.retry_count, job.manual_retry_count, job.next_retry_at, job.claim_token) == (0, 1, None, None)
+    assert [e["event"] for e in job.history] == ["retry_started", "failed"]
+    assert claims.sweep().sent == 0
+    assert FailedJob.objects.get(pk=job.pk).status == FailedJob.Status.DEAD
 
 
 def test_a_failure_that_meets_a_database_outage_is_recorded_once_the_database_is_back(

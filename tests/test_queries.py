@@ -1,0 +1,125 @@
+"""What the QuerySet predicates ask for (read from the query, no database), and that one sweep or one bulk
+retry costs the same few queries for 5 jobs as for 50."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+import redis
+from django.db import connection
+from django.db.models.sql.where import WhereNode
+from django.test.utils import CaptureQueriesContext
+
+from queueing import claims, operations
+from queueing.models import FailedJob, FailedJobQuerySet
+
+Status = FailedJob.Status
+
+
+def conditions(queryset: FailedJobQuerySet) -> set[tuple[str, str, Any]]:
+    """The ANDed ``(field, lookup, value)`` conditions of ``queryset``'s WHERE clause, read without a database."""
+    found: set[tuple[str, str, Any]] = set()
+
+    def walk(node: WhereNode) -> None:
+        assert node.connector == "AND" and not node.negated, node
+        for child in node.children:
+            if isinstance(child, WhereNode):
+                walk(child)
+            else:
+                value = frozenset(child.rhs) if isinstance(child.rhs, list | tuple | set) else child.rhs
+                found.add((child.lhs.target.name, child.lookup_name, value))
+
+    walk(queryset.query.where)
+    return found
+
+
+# No django_db mark: pytest-django fails any of these tests that touches the database.
+
+
+def test_due_means_failed_past_its_next_retry_time_with_automatic_retries_left(now: datetime) -> None:
+    assert conditions(FailedJob.objects.due(now, max_retries=3)) == {
+        ("status", "exact", Status.FAILED),
+        ("next_retry_at", "lte", now),
+        ("retry_count", "lt", 3),
+    }
+
+
+def test_a_lease_has_expired_when_a_retrying_job_is_past_its_lease(now: datetime) -> None:
+    assert conditions(FailedJob.objects.lease_expired(now)) == {
+        ("status", "exact", Status.RETRYING),
+        ("lease_expires_at", "lt", now),
+    }
+
+
+def test_an_operator_may_retry_failed_and_dead_jobs_but_not_those_being_retried() -> None:
+    assert conditions(FailedJob.objects.retryable_by_hand()) == {
+        ("status", "in", frozenset({Status.FAILED, Status.DEAD})),
+    }
+
+
+def test_in_queue_narrows_to_one_queue_and_none_means_every_queue() -> None:
+    everything = FailedJob.objects.all()
+
+    assert conditions(everything.in_queue("whatsapp-send")) == {("queue", "exact", "whatsapp-send")}
+    assert everything.in_queue(None) is everything
+
+
+def test_the_predicates_compose() -> None:
+    assert conditions(FailedJob.objects.retryable_by_hand().in_queue("q1")) == {
+        ("status", "in", frozenset({Status.FAILED, Status.DEAD})),
+        ("queue", "exact", "q1"),
+    }
+
+
+# --- query counts ------------------------------------------------------------------------------------------
+
+#: Most queries one sweep may make, whatever the number of jobs, BEGIN and COMMIT included (measured: 12 on
+#: SQLite and PostgreSQL: the policy, three short transactions: expired leases, unknown tasks, the claim).
+MAX_SWEEP_QUERIES = 12
+#: The same for one bulk retry (measured: 13: the queue check, the count, unknown tasks, one claim that
+#: takes every job, and the claim that finds none left).
+MAX_BULK_RETRY_QUERIES = 13
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_sweep_costs_the_same_queries_for_5_due_jobs_as_for_50(
+    broker: redis.Redis, make_failed_job: Any, now: datetime, django_assert_max_num_queries: Any
+) -> None:
+    counts = {}
+    for n in (5, 50):
+        # Given n due jobs (those of the previous round are being retried: not due)
+        for _ in range(n):
+            make_failed_job(queue="q1")
+
+        # When one sweep sends them
+        with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(MAX_SWEEP_QUERIES):
+            result = claims.sweep(now=now)
+
+        assert result.sent == n
+        counts[n] = len(queries)
+
+    # Then 50 jobs cost no more queries than 5
+    assert counts[50] == counts[5], counts
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_bulk_retry_costs_the_same_queries_for_5_jobs_as_for_50(
+    broker: redis.Redis, make_failed_job: Any, django_assert_max_num_queries: Any
+) -> None:
+    counts = {}
+    for n in (5, 50):
+        # Given n failed and dead jobs (those of the previous round are being retried: left alone)
+        for i in range(n):
+            make_failed_job(queue="q1", status=Status.DEAD if i % 2 else Status.FAILED)
+
+        # When an operator retries the queue
+        with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(MAX_BULK_RETRY_QUERIES):
+            outcome = operations.retry_now(queue="q1")
+
+        assert (outcome.total, outcome.retried, len(outcome.retried_ids)) == (n, n, n)
+        counts[n] = len(queries)
+
+    # Then 50 jobs cost no more queries than 5
+    assert counts[50] == counts[5], counts
