@@ -24,7 +24,8 @@ def delay_seconds(
     """
     if retries_done < 0:
         raise ValueError(f"retries_done must be >= 0, got {retries_done}")
-    delay = min(max_seconds, base_seconds * (2**retries_done))
+    factor: int = 2**retries_done  # an int (typeshed types int ** int as Any: a negative power is a float)
+    delay = min(max_seconds, base_seconds * factor)
     if jitter:
-        delay = delay / 2 + (rng or random).uniform(0, delay / 2)
+        delay = delay / 2 + (rng.uniform if rng else random.uniform)(0, delay / 2)
     return delay

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -98,7 +99,12 @@ def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
     with celery_app().producer_or_acquire() as producer:
         for job in jobs:
             task = registered_task(job.task_name)
-            assert task is not None  # _claim only claims registered tasks
+            assert task is not None  # claim() only claims registered tasks
+            headers: dict[str, Any] = {
+                HEADER_JOB_ID: job.pk,
+                HEADER_CLAIM: str(job.claim_token),
+                HEADER_ORIGIN: job.origin_task_id,
+            }
             try:
                 task.apply_async(
                     args=job.args,
@@ -106,11 +112,7 @@ def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
                     task_id=(task_id := job.clone_task_id()),
                     queue=job.queue,
                     priority=job.options.get("priority"),
-                    headers={
-                        HEADER_JOB_ID: job.pk,
-                        HEADER_CLAIM: str(job.claim_token),
-                        HEADER_ORIGIN: job.origin_task_id,
-                    },
+                    headers=headers,
                     producer=producer,
                 )
             except (TypeError, EncodeError) as exc:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from celery import Celery, Task, current_app
+from celery import Celery, Task
+from celery.app import app_or_default
 
 from queueing.exceptions import UnknownQueue
 from queueing.models import FailedJob
@@ -29,7 +30,7 @@ def _load_task_modules(app: Celery) -> None:
 
 
 def celery_app() -> Celery:
-    app = current_app._get_current_object()
+    app = app_or_default()  # the current app itself (not the ``current_app`` proxy): a cache key
     _load_task_modules(app)
     return app
 

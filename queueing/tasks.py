@@ -40,7 +40,8 @@ class RetryableTask(Task):
     # Celery reads these two for every retry: ``Task.retry()`` (and so ``autoretry_for``) and the retry of a
     # call whose worker process was killed (``task_retry_on_worker_lost``). Computing them here keeps a
     # fractional backoff base (Celery's ``retry_backoff`` rounds it to whole seconds) and reads the settings
-    # at call time, never mutating shared retry options.
+    # at call time, never mutating shared retry options. Celery declares both as plain class attributes; a
+    # read-only property is a deliberate override (Celery only reads them), hence the two ignores.
 
     @property
     def max_retries(self) -> int:  # type: ignore[override]
@@ -93,7 +94,7 @@ class RetryableTask(Task):
             task_name=self.name,
             task_id=task_id,
             origin_task_id=self.origin_task_id(),
-            queue=delivery.get("routing_key") or self.queue or self.app.conf.task_default_queue,
+            queue=delivery.get("routing_key") or getattr(self, "queue", None) or self.app.conf.task_default_queue,
             args=list(args or ()),
             kwargs=dict(kwargs or {}),
             options={k: v for k, v in {"priority": delivery.get("priority")}.items() if v is not None},
@@ -139,6 +140,7 @@ RECORD_RETRIES = 30
 
 
 @shared_task(
+    base=RetryableTask,
     name="queueing.record_failed_job",
     autoretry_for=(DatabaseError,),
     immediate_retries=RECORD_RETRIES,
@@ -154,7 +156,13 @@ def record_failed_job(failure: dict[str, Any]) -> None:
     recording.record_failure(recording.Failure(**failure))
 
 
-@shared_task(name="queueing.sweep_failed_jobs", autoretry_for=(), record_failures=False, ignore_result=True)
+@shared_task(
+    base=RetryableTask,
+    name="queueing.sweep_failed_jobs",
+    autoretry_for=(),
+    record_failures=False,
+    ignore_result=True,
+)
 def sweep_failed_jobs() -> dict[str, int]:
     """Beat sends this every ``CHECK_INTERVAL``; a worker runs it. Re-sends due failed jobs, then alerts."""
     import time
