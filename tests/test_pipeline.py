@@ -80,6 +80,7 @@ def test_a_permanent_error_skips_immediate_retries_and_is_recorded_dead(
     assert job.status == FailedJob.Status.DEAD
     assert job.attempts == 1 == int(broker.get(f"runs:{key}"))
     assert "permanent" in job.status_reason
+    assert job.reason_code == FailedJob.Reason.PERMANENT_ERROR
 
 
 def test_retries_count_up_to_the_limit_then_the_job_is_dead_and_never_sent_again(
@@ -100,6 +101,7 @@ def test_retries_count_up_to_the_limit_then_the_job_is_dead_and_never_sent_again
     # Then the same row (never a second) is dead after 16 executions, and the sweep leaves it alone
     assert FailedJob.objects.count() == 1
     assert job.status == FailedJob.Status.DEAD
+    assert job.reason_code == FailedJob.Reason.RETRIES_USED_UP
     assert job.retry_count == 3
     assert job.attempts == 16 == int(broker.get(f"runs:{key}"))
     assert job.dead_at is not None

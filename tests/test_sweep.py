@@ -117,6 +117,7 @@ def test_a_retry_whose_publish_was_lost_is_sent_again_when_its_lease_expires(
     assert (job.status, job.retry_count) == (Status.RETRYING, 1)
     assert [h[registry.HEADER_JOB_ID] for h in published(broker, "q1")] == [job.pk]
     assert "lease_expired" in [e["event"] for e in job.history]
+    assert job.reason_code == FailedJob.Reason.LEASE_EXPIRED_NOT_STARTED
 
 
 def test_a_retry_that_started_and_vanished_uses_up_its_retry(
@@ -136,6 +137,7 @@ def test_a_retry_that_started_and_vanished_uses_up_its_retry(
     assert result.recovered == 1
     assert (job.status, job.retry_count) == (Status.FAILED, 1)
     assert "never finished" in job.status_reason
+    assert job.reason_code == FailedJob.Reason.LEASE_EXPIRED
     assert job.claim_token is None
     assert job.next_retry_at == later + timedelta(seconds=300)
 
@@ -152,6 +154,7 @@ def test_an_expired_lease_on_the_last_retry_leaves_the_job_dead(
 
     job.refresh_from_db()
     assert (job.status, job.retry_count) == (Status.DEAD, 3)
+    assert job.reason_code == FailedJob.Reason.LEASE_EXPIRED
 
 
 def test_a_job_naming_an_unknown_task_is_marked_dead_and_not_sent(
@@ -166,6 +169,7 @@ def test_a_job_naming_an_unknown_task_is_marked_dead_and_not_sent(
     job.refresh_from_db()
     assert job.status == Status.DEAD
     assert "'tests.tasks.no_such_task' is not registered" in job.status_reason
+    assert job.reason_code == FailedJob.Reason.UNREGISTERED_TASK
 
 
 def test_a_publish_error_gives_the_claim_and_the_retry_back(
@@ -184,6 +188,7 @@ def test_a_publish_error_gives_the_claim_and_the_retry_back(
     assert (job.status, job.retry_count) == (Status.FAILED, 0)
     assert job.next_retry_at == now
     assert "could not be sent" in job.status_reason
+    assert job.reason_code == FailedJob.Reason.PUBLISH_FAILED
 
 
 def test_the_sweep_refuses_to_run_inside_a_transaction() -> None:
@@ -204,6 +209,7 @@ def test_a_stored_call_that_no_longer_fits_its_task_is_marked_dead_not_resent_fo
     assert (job.status, job.retry_count) == (Status.DEAD, 0)
     assert "cannot be sent to tests.tasks.fail_times" in job.status_reason
     assert "missing 1 required positional argument: 'times'" in job.status_reason
+    assert job.reason_code == FailedJob.Reason.UNSENDABLE
     assert published(broker, "q1") == []
 
 
@@ -244,6 +250,8 @@ def test_discarding_and_marking_dead_leave_an_event_in_the_history(make_failed_j
     busy.refresh_from_db()
     assert (failed.status, failed.dead_at, failed.status_reason) == (Status.DEAD, now, "broken for good")
     assert failed.history[-1] == {"event": "dead", "at": now.isoformat(), "reason": "broken for good"}
+    assert failed.reason_code == FailedJob.Reason.OPERATOR_MARKED_DEAD
     assert (dead.status, dead.discarded_at) == (Status.DISCARDED, now)
+    assert dead.reason_code == FailedJob.Reason.OPERATOR_DISCARDED
     assert dead.history[-1]["event"] == "discarded"
     assert busy.status == Status.RETRYING
