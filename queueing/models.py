@@ -13,23 +13,24 @@ and raises ``InvalidTransition`` for a move this story does not allow. Where a f
    ``first_failed_at``/``last_failed_at`` and ``next_retry_at = now + RETRY_DELAY``. A ``PermanentError``
    (or ``MAX_RETRIES == 0``) writes it ``dead`` at once, with ``dead_at``. If the database cannot be
    written then, the failure is handed to the broker (``record_failed_job``) and written when it is back.
-   [``record_failure``; reasons ``permanent_error``, ``retries_used_up``]
+   [``fail``; reasons ``permanent_error``, ``retries_used_up``]
 3. The sweep (every ``CHECK_INTERVAL``) claims ``failed`` rows whose ``next_retry_at`` has passed and whose
    ``retry_count < MAX_RETRIES``: ``retrying``, ``retry_count + 1``, a fresh ``claim_token``,
    ``lease_expires_at = now + LEASE_SECONDS``, ``last_retried_at``. After the commit it sends each row as a
    fresh task call carrying the row id and the claim token in its headers. A row naming a task this
-   project does not register is marked ``dead`` with a ``status_reason``, never sent.
-   [``claim``; ``mark_unregistered_dead``, reason ``unregistered_task``; a claimed row that cannot be sent:
-   ``give_up``, ``dead``, reason ``unsendable``; one the broker refuses: ``give_back``, ``publish_failed``]
-   An operator's retry (admin, API, ``retry_all_failed``) claims ``failed`` and ``dead`` rows the same way
-   but counts ``manual_retry_count`` instead: manual retries never use up the automatic ones.
+   project does not register is marked ``dead`` with a ``status_reason``, never sent. A claimed row whose
+   stored call no longer fits its task is ``dead``; one the broker refuses goes back to where it was; both
+   give their retry back. An operator's retry (admin, API, ``retry_all_failed``) claims ``failed`` and
+   ``dead`` rows the same way but counts ``manual_retry_count`` instead: manual retries never use up the
+   automatic ones. [``claim``; ``mark_unregistered_dead``, reason ``unregistered_task``; ``give_up``, reason
+   ``unsendable``; ``give_back``, reason ``publish_failed``]
 4. The clone starts: if the row is still ``retrying`` under its claim token, the lease is renewed
    (``retry_started_at``, ``lease_expires_at = now + LEASE_SECONDS``); if not, the delivery is stale and
    the clone does nothing. The clone has its own immediate retries (step 1). [``start_clone``]
 5. The clone succeeds: ``resolved``, ``resolved_at``. It fails for good: the same row (never a second one)
    goes back to ``failed`` with a new ``next_retry_at``, or to ``dead`` (``dead_at``) once
    ``retry_count >= MAX_RETRIES`` or when it had been ``dead`` before the operator's retry.
-   [``resolve``; ``record_failure``, reason ``retries_used_up`` or ``failed_after_operator_retry``]
+   [``resolve``; ``fail``, reason ``retries_used_up`` or ``failed_after_operator_retry``]
 6. A lease runs out (the publish was lost, or the worker died): the sweep takes the row back. If the clone
    never started, the retry was never attempted: the row returns to the state it was claimed from and the
    retry is given back. If the clone started and vanished, the retry is used up and the row is ``failed``
