@@ -44,7 +44,7 @@ def _log_auto_retry_started(sender: Any = None, **_: Any) -> None:
 
 def _queue_of(task: Any) -> str:
     delivery = getattr(task.request, "delivery_info", None) or {}
-    return str(delivery.get("routing_key") or task.queue or task.app.conf.task_default_queue)
+    return str(delivery.get("routing_key") or getattr(task, "queue", None) or task.app.conf.task_default_queue)
 
 
 def _is_retry(request: Any) -> bool:
