@@ -12,8 +12,8 @@ against what plain Celery offers for the same question (a broadcast to the worke
    as deployed (counts cached ``STATUS_COUNTS_CACHE_SECONDS``, workers' report cached
    ``STATUS_WORKERS_CACHE_SECONDS``) and with the database queried on every request (cache 0); then real
    HTTP: gunicorn with ``--processes`` workers and ``--clients`` clients polling at once.
-3. Times the parts: the grouped count, the newest failures of each queue, and, for comparison, the
-   existing ``operations.stats_by_queue()`` (all statuses, plus ``known_queues()``'s DISTINCT).
+3. Times the parts: the grouped count of the open statuses (what the report reads), the newest failures of
+   each queue, and, for comparison, ``status.job_counts()`` over every status (``RetryManager.get_stats()``).
 4. Times plain Celery: ``app.control.inspect(timeout=1).active()``, and active + scheduled + reserved (what
    a dashboard built on inspect needs per refresh), and prints the ratios.
 
@@ -97,14 +97,15 @@ def main() -> None:
         sys.exit(f"needs a scratch PostgreSQL database named bench*; DATABASE_URL names {db['NAME']!r}")
 
     call_command("migrate", verbosity=0)
-    from queueing import operations, registry, status
+    from queueing import registry, status
     from queueing.models import FailedJob
+    from queueing.status import broker, jobs
 
     if args.reload or FailedJob.objects.count() != args.rows:
         load(args.rows)
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE queueing_failedjob")
-    counts = status.count_jobs()
+    counts = jobs.job_counts(statuses=jobs.OPEN_STATUSES)
     print(f"rows: {FailedJob.objects.count():,}; failed/dead/retrying by queue: {json.dumps(counts)}")
     loadavg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"PostgreSQL {connection.pg_version}, Redis {settings.CELERY_BROKER_URL}")
@@ -116,7 +117,7 @@ def main() -> None:
         sys.exit(f"a worker answered on this broker ({replies}); this benchmark measures the no-worker case")
 
     client_redis = status.broker_redis()
-    for key in client_redis.scan_iter(match=status._key("queueing:status:*")):
+    for key in client_redis.scan_iter(match=broker.key("queueing:status:*")):
         client_redis.delete(key)
 
     if args.explain:
@@ -141,12 +142,14 @@ def main() -> None:
     )
     print(f"{name}: {len(results[name])} requests in {seconds:.1f} s")
 
-    results["part: grouped count (failed/dead/retrying)"] = [timed(status.count_jobs) for _ in range(20)]
+    results["part: grouped count (failed/dead/retrying)"] = [
+        timed(lambda: jobs.job_counts(statuses=jobs.OPEN_STATUSES)) for _ in range(20)
+    ]
     for queue in ("whatsapp-send", "reports"):
         results[f"part: newest failures of {queue}"] = [
-            timed(lambda q=queue: status._recent_failures(q, ["failed", "dead"])) for _ in range(20)
+            timed(lambda q=queue: jobs.recent_failures(q, ["failed", "dead"])) for _ in range(20)
         ]
-    results["existing operations.stats_by_queue()"] = [timed(operations.stats_by_queue) for _ in range(5)]
+    results["status.job_counts() over every status (get_stats)"] = [timed(status.job_counts) for _ in range(5)]
 
     results["plain Celery: inspect(timeout=1).active()"] = [
         timed(lambda: app.control.inspect(timeout=1.0).active()) for _ in range(args.baseline_runs)

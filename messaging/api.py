@@ -9,7 +9,7 @@ from ninja import Router, Schema, Status
 from pydantic import Field
 
 from messaging.tasks import send_whatsapp_message
-from queueing.api import ERRORS
+from queueing.http import ERRORS, error_responses_openapi
 
 router = Router(tags=["messaging"])
 
@@ -24,8 +24,15 @@ class SendMessageOut(Schema):
     jobId: str
 
 
-@router.post("/send-message", response={202: SendMessageOut, **ERRORS})
+@router.post(
+    "/send-message",
+    response={202: SendMessageOut, **ERRORS},
+    summary="Queue one WhatsApp message (the example workload)",
+    openapi_extra=error_responses_openapi(),
+)
 def send_message(request: HttpRequest, payload: SendMessageIn) -> Status[dict[str, Any]]:
-    """Queue a message on ``whatsapp-send``. ``jobId`` is the task id (its FailedJob's ``origin_task_id``)."""
+    """Queue a message on `whatsapp-send` and answer 202 at once. `jobId` is the Celery task id; if the
+    send fails for good, its FailedJob carries it as `origin_task_id`.
+    """
     result = send_whatsapp_message.delay(payload.sessionId, payload.to, payload.message)
     return Status(202, {"jobId": result.id})

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.urls import URLPattern, path, re_path
 
 from project.api import api
-from queueing.api import json_errors, not_found
+from queueing.http import json_errors, not_found
 from queueing.metrics import metrics_view
 
 

@@ -121,7 +121,7 @@ def evaluate(*, now: datetime | None = None, sinks: list[Sink] | None = None) ->
     conf = get_settings()
     now = now or timezone.now()
     thresholds = {Metric.FAILED: conf.alert_failed_threshold, Metric.DEAD: conf.alert_dead_threshold}
-    counts = status.count_jobs()
+    counts = status.job_counts(statuses=(Metric.FAILED, Metric.DEAD))
     states = {(s.queue, s.metric): s.firing for s in AlertState.objects.all()}
     queues = set(counts) | registry.declared_queues() | {queue for queue, _ in states}
     alerts = []

@@ -1,12 +1,14 @@
 """``GET /metrics``: the queue status and the retry system's counters for Prometheus.
 
 A custom collector reads everything at scrape time, so the numbers are the same whichever web process
-answers: gauges from ``queueing/status.py`` (the figures of ``GET /api/queue/status``, cached the same way),
+answers: gauges from ``queueing/status/`` (the figures of ``GET /api/queue/status``, cached the same way),
 counters and the sweep-duration histogram from the Redis hashes the workers write
 (``queueing/signals.py``, ``status.record_sweep_duration``), alert states from ``AlertState``. No
 prometheus_client multiprocess directory is needed: no metric lives in a process's memory.
 
-Guarded like the API (bearer token or staff session; 401/403 otherwise). In ``prometheus.yml``::
+Guarded like the API (``queueing/http.py``: bearer token or staff session; 401/403 otherwise), and
+documented in the API's OpenAPI document (``OPENAPI_PATH``, added by ``project/api.py``) although a plain
+Django view serves it. In ``prometheus.yml``::
 
     - job_name: queueing
       authorization: {credentials: "<QUEUEING_API_TOKEN>"}
@@ -34,15 +36,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder
 from prometheus_client.registry import Collector
 
 from queueing import status
-from queueing.api import access_problem, method_not_allowed
+from queueing.http import ERROR_DESCRIPTIONS, method_not_allowed, refusal
 from queueing.models import AlertState
 
 logger = logging.getLogger(__name__)
@@ -102,12 +105,15 @@ class QueueingCollector(Collector):
         yield firing
 
         try:
-            buckets, _, total_seconds = status.sweep_durations()
+            durations = status.sweep_durations()
         except status.Unavailable as exc:
             logger.warning("metrics: sweep durations unavailable: %s", exc)
         else:
             yield HistogramMetricFamily(
-                "queueing_sweep_duration_seconds", "How long each sweep took.", buckets=buckets, sum_value=total_seconds
+                "queueing_sweep_duration_seconds",
+                "How long each sweep took.",
+                buckets=durations.buckets,
+                sum_value=durations.sum_seconds,
             )
 
 
@@ -119,11 +125,53 @@ REGISTRY.register(QueueingCollector())
 def metrics_view(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return method_not_allowed(request, "GET, HEAD")
-    if (problem := access_problem(request)) is not None:
-        code, message = problem
-        response = JsonResponse({"error": message}, status=code)
-        if code == 401:
-            response["WWW-Authenticate"] = "Bearer"
-        return response
+    if (refused := refusal(request)) is not None:
+        return refused
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return HttpResponse(encoder(REGISTRY), content_type=content_type)
+
+
+def _error(code: int) -> dict[str, Any]:
+    return {
+        "description": ERROR_DESCRIPTIONS[code],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+    }
+
+
+_SERIES = "\n".join(f"- `{name}_total` (counter): {help}" for name, help in COUNTER_METRICS.values())
+
+#: ``/metrics`` in the OpenAPI document: a plain Django view, described here so that the docs show it.
+OPENAPI_PATH: dict[str, Any] = {
+    "get": {
+        "operationId": "queueing_metrics",
+        "tags": ["metrics"],
+        "summary": "Prometheus metrics: the queue status, counters, alerts and the sweep's durations",
+        "description": (
+            "The Prometheus text exposition format (OpenMetrics when the `Accept` header asks for it), read "
+            "at scrape time from the same sources as `GET /api/queue/status`, so every web process answers the "
+            "same numbers. Scrape it with the bearer token (`authorization: {credentials: "
+            '"<QUEUEING_API_TOKEN>"}` in `prometheus.yml`), or open it in a staff session. Series:\n\n'
+            "- `queueing_queue_jobs{queue,state}` (gauge): waiting, active, delayed, failed, dead, retrying; "
+            "absent when the figure is unavailable\n"
+            f"{_SERIES}\n"
+            "- `queueing_alert_firing{queue,metric}` (gauge): 1 while the alert on failed/dead is firing\n"
+            "- `queueing_sweep_duration_seconds` (histogram): how long each sweep took\n"
+            "- `queueing_workers` (gauge): workers that answered the latest broadcast\n"
+            "- `queueing_status_source_up{source}` (gauge): 1 if the broker / the workers answered\n\n"
+            "Answers GET and HEAD only (405 otherwise)."
+        ),
+        "security": [{"BearerToken": []}, {"StaffSession": []}],
+        "responses": {
+            "200": {
+                "description": "The metrics, in Prometheus' text format.",
+                "content": {
+                    CONTENT_TYPE_LATEST: {
+                        "schema": {"type": "string"},
+                        "example": 'queueing_queue_jobs{queue="whatsapp-send",state="failed"} 2.0\n',
+                    }
+                },
+            },
+            **{str(code): _error(code) for code in (401, 403, 405)},
+        },
+    }
+}

@@ -181,6 +181,43 @@ def test_the_schema_and_the_interactive_docs_are_served_without_credentials(url:
     docs = requests.get(url("/api/docs"), timeout=10)
 
     assert {"/api/queue/status", "/api/queue/retry-all-failed", "/api/send-message"} <= set(schema["paths"])
-    assert schema["components"]["securitySchemes"]["BearerToken"] == {"type": "http", "scheme": "bearer"}
+    bearer = schema["components"]["securitySchemes"]["BearerToken"]
+    assert {k: bearer[k] for k in ("type", "scheme")} == {"type": "http", "scheme": "bearer"}
     assert docs.status_code == 200
     assert "swagger-ui" in docs.text
+
+
+def test_the_schema_says_which_token_to_paste_and_where_it_comes_from(url: Any) -> None:
+    schemes = requests.get(url("/api/openapi.json"), timeout=10).json()["components"]["securitySchemes"]
+
+    assert "QUEUEING_API_TOKEN" in schemes["BearerToken"]["description"]
+    assert "bin/start" in schemes["BearerToken"]["description"]
+    assert "staff" in schemes["StaffSession"]["description"]
+
+
+def test_every_operation_is_described_with_its_error_answers_metrics_included(url: Any) -> None:
+    schema = requests.get(url("/api/openapi.json"), timeout=10).json()
+    operations = {(method.upper(), path): op for path, item in schema["paths"].items() for method, op in item.items()}
+
+    # Every endpoint of ENDPOINTS is in the document, /metrics too, with its Prometheus text answer
+    assert {(method, path) for method, path, _ in ENDPOINTS} == set(operations)
+    metrics = operations[("GET", "/metrics")]
+    assert any(kind.startswith("text/plain") for kind in metrics["responses"]["200"]["content"])
+    assert metrics["security"] == [{"BearerToken": []}, {"StaffSession": []}]
+    # Each says what it does and what its errors mean
+    for key, operation in operations.items():
+        assert operation["summary"] and operation["description"], key
+        assert {"401", "403", "405"} <= set(operation["responses"]), key
+        for code, response in operation["responses"].items():
+            assert response["description"] not in ("", "Unknown Status Code"), (key, code)
+    for key in [k for k in operations if k[0] == "POST"]:
+        assert {"400", "413"} <= set(operations[key]["responses"]), key
+
+
+def test_the_documented_metrics_path_is_the_one_served(url: Any) -> None:
+    # The schema's /metrics (outside /api/) answers as documented: the token in, Prometheus text out
+    response = call(url, "GET", "/metrics", headers=BEARER)
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert "queueing_queue_jobs" in response.text

@@ -14,8 +14,8 @@ import redis
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from queueing.api import StatusOut
 from queueing.models import FailedJob
+from queueing.status import StatusOut
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -19,9 +19,8 @@ from django.test import Client
 from django.utils import timezone
 
 from messaging.tasks import send_whatsapp_message
-from queueing import registry, status
-from queueing.api import StatusOut
 from queueing.models import FailedJob
+from queueing.status import StatusOut, workers
 from tests import tasks
 from tests.conftest import ROOT, wait_for
 
@@ -133,15 +132,26 @@ def test_without_a_worker_active_and_delayed_are_null_and_the_workers_are_asked_
     client: Client, broker: redis.Redis, settings_for_status: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings_for_status(STATUS_WORKERS_CACHE_SECONDS=30, STATUS_INSPECT_TIMEOUT_SECONDS=1.0)
-    asked = []
-    real_ask = status.ask_workers
-    monkeypatch.setattr(status, "ask_workers", lambda **kw: asked.append(1) or real_ask(**kw))
-    registry.celery_app()  # the process has loaded the task modules (a one-off, timed elsewhere)
+    asked, answered, go_on = threading.Event(), threading.Event(), threading.Event()
+    calls: list[dict[str, Any]] = []
+    real_ask = workers.ask_workers
 
-    # When a dashboard polls with no worker up, the first answer comes at once, while the workers are asked
-    started = time.monotonic()
+    def ask_when_let(**kwargs: Any) -> workers.WorkersReport:
+        # The broadcast waits for the test's word: a request that waited for it would hang here
+        calls.append(kwargs)
+        asked.set()
+        go_on.wait(timeout=30)
+        report = real_ask(**kwargs)
+        answered.set()
+        return report
+
+    monkeypatch.setattr(workers, "ask_workers", ask_when_let)
+
+    # When a dashboard polls with no worker up, the first answer comes while the workers are still being asked
     first = get_status(client)
-    assert time.monotonic() - started < 0.5  # not the 1 s a broadcast to nobody takes
+    assert asked.wait(timeout=10), "the workers were never asked"
+    assert not answered.is_set()  # the answer did not wait for the broadcast
+    go_on.set()
     assert first["queues"]["default"]["active"] is None
     assert "being asked" in first["unavailable"]["active"]
 
@@ -160,7 +170,7 @@ def test_without_a_worker_active_and_delayed_are_null_and_the_workers_are_asked_
         "delayed": "no worker answered within 1 s",
     }
     assert body["workers"]["names"] == []
-    assert len(asked) == 1
+    assert len(calls) == 1
 
 
 def test_failed_and_dead_counts_are_cached_for_the_configured_seconds(

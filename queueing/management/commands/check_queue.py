@@ -1,6 +1,6 @@
 """python manage.py check_queue [--queue NAME] [--json]
 
-Per queue, the figures of ``GET /api/queue/status`` (``queueing/status.py``)::
+Per queue, the figures of ``GET /api/queue/status`` (``queueing/status/``)::
 
     Queue: whatsapp-send
       Waiting:   0
@@ -43,7 +43,8 @@ class Command(BaseCommand):
         except UnknownQueue as exc:
             raise CommandError(str(exc)) from exc
         if as_json:
-            self.stdout.write(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+            answer = report.to_schema().model_dump(mode="json")  # the API's schema, declared once
+            self.stdout.write(json.dumps(answer, indent=2, ensure_ascii=False))
             return
         blocks = [self._block(figures) for figures in report.queues.values()]
         self.stdout.write("\n\n".join(blocks))
