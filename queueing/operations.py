@@ -8,14 +8,13 @@ from datetime import datetime
 from typing import Protocol
 
 from django.db import transaction
-from django.db.models import Count
 from django.utils import timezone
 
 from queueing import lifecycle
 from queueing.claims import ClaimedBy, claim, mark_unknown_tasks_dead, publish, require_autocommit
 from queueing.conf import get_settings
 from queueing.models import FailedJob
-from queueing.registry import known_queues, validate_queue
+from queueing.registry import validate_queue
 
 Status = FailedJob.Status
 
@@ -108,14 +107,3 @@ def _each_allowed(ids: Iterable[int], *, allowed: list[str], verb: OperatorVerb,
             verb(job, now=now, text=text)
     return [job.pk for job in jobs]
 
-
-# --- numbers --------------------------------------------------------------------------------------------
-
-
-def stats_by_queue() -> dict[str, dict[str, int]]:
-    """``{queue: {status: count}}`` for every known queue, zeros included."""
-    counts: dict[str, dict[str, int]] = {q: dict.fromkeys(Status.values, 0) for q in known_queues()}
-    rows = FailedJob.objects.order_by().values("queue", "status").annotate(n=Count("id"))
-    for row in rows:
-        counts.setdefault(row["queue"], dict.fromkeys(Status.values, 0))[row["status"]] = row["n"]
-    return counts

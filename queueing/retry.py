@@ -16,7 +16,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from queueing import autoretry, operations
+from queueing import autoretry, operations, status
 from queueing.models import AutoRetryConfig
 from queueing.schedule import ensure_sweep_schedule, set_sweep_interval
 
@@ -77,7 +77,7 @@ class RetryManager:
 
     def get_stats(self) -> dict[str, dict[str, int]]:
         """Per known queue, how many jobs are in each state."""
-        return operations.stats_by_queue()
+        return status.job_counts()
 
     def retry_all_failed(self, queue_name: str | None = None, *, dry_run: bool = False) -> dict[str, int]:
         """Re-send every failed and dead job of ``queue_name`` (all queues if None) now."""
