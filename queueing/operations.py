@@ -106,4 +106,3 @@ def _each_allowed(ids: Iterable[int], *, allowed: list[str], verb: OperatorVerb,
         for job in jobs:
             verb(job, now=now, text=text)
     return [job.pk for job in jobs]
-

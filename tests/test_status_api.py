@@ -19,8 +19,10 @@ from django.test import Client
 from django.utils import timezone
 
 from messaging.tasks import send_whatsapp_message
+from queueing import status
 from queueing.models import FailedJob
-from queueing.status import StatusOut, workers
+from queueing.status import StatusOut, counter_store, jobs, workers
+from queueing.status import broker as status_broker
 from tests import tasks
 from tests.conftest import ROOT, wait_for
 
@@ -292,3 +294,65 @@ def test_the_status_json_matches_its_openapi_schema(
     assert {"waiting", "active", "completed", "failed", "delayed", "dead", "recentFailed"} <= set(
         schema["components"]["schemas"]["QueueStatusOut"]["properties"]
     )
+
+
+# --- the parts: one grouped count, typed copies, one "did not answer" ---------------------------------------
+
+
+def test_job_counts_has_every_known_queue_with_zeros_in_one_query(
+    make_failed_job: Any, django_assert_num_queries: Any
+) -> None:
+    make_failed_job(queue="whatsapp-send", status=Status.DEAD)
+    make_failed_job(queue="reports", status=Status.RESOLVED)
+
+    with django_assert_num_queries(1):
+        counts = status.job_counts()
+
+    assert list(counts) == ["default", "reports", "whatsapp-send"]
+    assert counts["default"] == dict.fromkeys(Status.values, 0)
+    assert counts["whatsapp-send"] == {**dict.fromkeys(Status.values, 0), "dead": 1}
+    assert counts["reports"]["resolved"] == 1
+    # Naming statuses leaves the others out, and a queue with none of them is only there if declared
+    assert status.job_counts(statuses=(Status.FAILED, Status.DEAD)) == {
+        "default": {"failed": 0, "dead": 0},
+        "whatsapp-send": {"failed": 0, "dead": 1},
+    }
+
+
+def test_the_shared_copy_of_the_counts_comes_back_as_typed_records(
+    broker: redis.Redis, make_failed_job: Any, settings_for_status: Any
+) -> None:
+    settings_for_status(STATUS_COUNTS_CACHE_SECONDS=60)
+    job = make_failed_job(queue="whatsapp-send", status=Status.DEAD)
+    client = status.broker_redis()
+    computed = jobs.job_snapshot(client=client)
+
+    # When another request reads the copy kept in Redis
+    read = jobs.job_snapshot(client=client)
+
+    # Then it is the same snapshot, with its records typed (datetimes, not epoch numbers in dicts)
+    assert broker.exists("queueing:status:jobs")
+    assert read == computed
+    (recent,) = read.recent["whatsapp-send"]
+    assert isinstance(recent, status.RecentFailure)
+    assert recent.id == job.pk and recent.status == "dead"
+    assert recent.last_failed_at == job.last_failed_at
+
+
+def test_every_read_of_a_broker_that_does_not_answer_says_so_the_same_way(
+    silent_port: int, configure: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(STATUS_BROKER_TIMEOUT_SECONDS=0.1)
+    silent = redis.Redis(port=silent_port, socket_timeout=0.1, socket_connect_timeout=0.1)
+    monkeypatch.setattr(counter_store, "broker_redis", lambda: silent)
+
+    reads = {
+        "queue lengths": lambda: status_broker.RedisBroker(silent).queue_lengths(["default"]),
+        "counters": status.counters,
+        "one counter": lambda: counter_store.counter("completed", ["default"]),
+        "sweep durations": status.sweep_durations,
+    }
+    for what, read in reads.items():
+        with pytest.raises(status.Unavailable, match=r"^the broker did not answer: TimeoutError"):
+            read()
+            pytest.fail(f"{what} answered")

@@ -29,7 +29,7 @@ The modules: ``report`` (``queue_status`` and its records), ``schema`` (the JSON
 
 from __future__ import annotations
 
-from queueing.status.broker import Broker, Unavailable, broker, broker_redis
+from queueing.status.broker import Broker, Unavailable, broker_redis, current_broker
 from queueing.status.counter_store import (
     COUNTERS,
     SWEEP_DURATION_BUCKETS,
@@ -59,10 +59,10 @@ __all__ = [
     "Unavailable",
     "WorkersReport",
     "ask_workers",
-    "broker",
     "broker_redis",
     "count",
     "counters",
+    "current_broker",
     "job_counts",
     "queue_status",
     "record_sweep_duration",

@@ -3,7 +3,7 @@
 ``Broker`` is the one question the report asks of the transport (``queue_lengths``); ``RedisBroker`` answers
 it for kombu's Redis transport (``LLEN`` of the queue's list and of its priority lists,
 ``<queue>\\x06\\x16<step>``, in one pipelined round trip). Another transport (RabbitMQ: a passive
-``queue_declare`` per queue) is one more class here and one more branch in ``broker()``.
+``queue_declare`` per queue) is one more class here and one more branch in ``current_broker()``.
 
 The counters (``counter_store.py``) and the shared copies (``cache.py``) live in the broker's Redis too, reached
 through ``broker_redis()``: short timeouts, no retries. Every Redis call of the status goes through
@@ -74,7 +74,7 @@ class RedisBroker:
         return {queue: sum(lengths[i * len(steps) : (i + 1) * len(steps)]) for i, queue in enumerate(queues)}
 
 
-def broker() -> Broker:
+def current_broker() -> Broker:
     """The broker of the Celery app. ``Unavailable`` for a transport the status cannot read yet."""
     return RedisBroker(broker_redis())
 

@@ -10,7 +10,7 @@ import redis
 
 from queueing import registry
 from queueing.models import FailedJob
-from queueing.status.broker import Unavailable, broker, broker_redis, describe
+from queueing.status.broker import Unavailable, broker_redis, current_broker, describe
 from queueing.status.counter_store import counter
 from queueing.status.jobs import JobSnapshot, RecentFailure, job_snapshot, query_jobs
 from queueing.status.schema import Figure, QueueStatusOut, RecentFailedOut, StatusOut, WorkersOut
@@ -100,7 +100,7 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
     completed: dict[str, int] | None = None
     if client is not None:
         try:
-            waiting = broker().queue_lengths(names)
+            waiting = current_broker().queue_lengths(names)
             completed = counter("completed", names, client=client)
         except Unavailable as exc:
             client, broker_problem = None, str(exc)
