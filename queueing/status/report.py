@@ -10,7 +10,7 @@ import redis
 
 from queueing import registry
 from queueing.models import FailedJob
-from queueing.status.broker import Unavailable, broker_redis, current_broker, describe
+from queueing.status.broker import Unavailable, answered, broker_redis, current_broker
 from queueing.status.counter_store import counter
 from queueing.status.jobs import JobSnapshot, RecentFailure, job_snapshot, query_jobs
 from queueing.status.schema import Figure, QueueStatusOut, RecentFailedOut, StatusOut, WorkersOut
@@ -84,10 +84,11 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
     except Unavailable as exc:
         client, broker_problem = None, str(exc)
     try:
-        jobs = job_snapshot(client=client, max_age_seconds=0 if wait_for_workers else None)
-    except redis.RedisError as exc:
+        with answered():
+            jobs = job_snapshot(client=client, max_age_seconds=0 if wait_for_workers else None)
+    except Unavailable as exc:
         # Redis does not answer: say so once, and do not wait for it again in this request.
-        client, broker_problem = None, f"the broker did not answer: {describe(exc)}"
+        client, broker_problem = None, str(exc)
         jobs = query_jobs()
     names = sorted(registry.declared_queues() | set(jobs.counts))
     if queue is not None:
