@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -331,7 +332,7 @@ def test_the_shared_copy_of_the_counts_comes_back_as_typed_records(
     read = jobs.job_snapshot(client=client)
 
     # Then it is the same snapshot, with its records typed (datetimes, not epoch numbers in dicts)
-    assert broker.exists("queueing:status:jobs")
+    assert broker.exists("queueing:status:jobs:v2")
     assert read == computed
     (recent,) = read.recent["whatsapp-send"]
     assert isinstance(recent, status.RecentFailure)
@@ -356,3 +357,18 @@ def test_every_read_of_a_broker_that_does_not_answer_says_so_the_same_way(
         with pytest.raises(status.Unavailable, match=r"^the broker did not answer: TimeoutError"):
             read()
             pytest.fail(f"{what} answered")
+
+
+def test_a_shared_copy_of_another_shape_is_computed_again_not_a_500(
+    client: Client, broker: redis.Redis, make_failed_job: Any, settings_for_status: Any
+) -> None:
+    settings_for_status(STATUS_COUNTS_CACHE_SECONDS=60)
+    make_failed_job(queue="whatsapp-send", status=Status.DEAD)
+    # Given a fresh copy in a shape this release does not read (an older release's rows, say)
+    stale_shape = {"at": time.time(), "counts": {}, "recent": {"whatsapp-send": [{"timestamp_ms": 1}]}}
+    broker.set("queueing:status:jobs:v2", json.dumps(stale_shape))
+
+    body = get_status(client)
+
+    assert body["queues"]["whatsapp-send"]["dead"] == 1
+    assert body["queues"]["whatsapp-send"]["recentFailed"][0]["status"] == "dead"

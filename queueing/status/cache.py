@@ -45,9 +45,16 @@ def _adapter(kind: type[Any]) -> pydantic.TypeAdapter[Any]:
 
 
 def read(client: redis.Redis, name: str, kind: type[T]) -> T | None:
-    """The copy kept under ``name``, or ``None``. A Redis error is raised as it is (see ``broker.answered``)."""
+    """The copy kept under ``name``, or ``None`` (also for one that is not a ``kind``: it is replaced at the
+    next refresh). A Redis error is raised as it is (see ``broker.answered``)."""
     raw = client.get(key(name))
-    return _adapter(kind).validate_json(raw) if raw else None
+    if not raw:
+        return None
+    try:
+        return _adapter(kind).validate_json(raw)
+    except pydantic.ValidationError as exc:
+        logger.warning("the copy under %s is not a %s; computing it again: %s", name, kind.__name__, exc)
+        return None
 
 
 def shared_copy(

@@ -31,7 +31,9 @@ OPEN_STATUSES = (Status.FAILED, Status.DEAD, Status.RETRYING)
 #: Seconds past ``STATUS_COUNTS_CACHE_SECONDS`` that an out-of-date copy of the counts may still be answered.
 STALE_COUNTS_GRACE_SECONDS = 3.0
 
-_JOBS_KEY = "queueing:status:jobs"
+#: Named with the shape of its value: a process of an older release (during a rolling deploy) reads and writes
+#: its own key, not one it cannot read.
+_JOBS_KEY = "queueing:status:jobs:v2"
 
 
 def job_counts(*, statuses: Collection[str] = tuple(Status.values)) -> dict[str, dict[str, int]]:
