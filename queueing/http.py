@@ -21,6 +21,7 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
@@ -203,8 +204,7 @@ def json_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
             return method_not_allowed(request, response["Allow"])
         return response
 
-    wrapper.csrf_exempt = True  # type: ignore[attr-defined]
-    return wrapper
+    return csrf_exempt(wrapper)
 
 
 def method_not_allowed(request: HttpRequest, allow: str) -> HttpResponse:

@@ -100,8 +100,8 @@ class QueueingCollector(Collector):
         firing = GaugeMetricFamily(
             "queueing_alert_firing", "1 while the alert on a queue's figure is firing.", labels=["queue", "metric"]
         )
-        for state in AlertState.objects.order_by("queue", "metric"):
-            firing.add_metric([state.queue, state.metric], 1 if state.firing else 0)
+        for alert in AlertState.objects.order_by("queue", "metric"):
+            firing.add_metric([alert.queue, alert.metric], 1 if alert.firing else 0)
         yield firing
 
         try:

@@ -51,10 +51,11 @@ def read(client: redis.Redis, name: str, kind: type[T]) -> T | None:
     if not raw:
         return None
     try:
-        return _adapter(kind).validate_json(raw)
+        value: T = _adapter(kind).validate_json(raw)
     except pydantic.ValidationError as exc:
         logger.warning("the copy under %s is not a %s; computing it again: %s", name, kind.__name__, exc)
         return None
+    return value
 
 
 def shared_copy(

@@ -28,6 +28,11 @@ SWEEP_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 _SWEEP_KEY = "queueing:sweep:duration"
 
 
+def _text(field: bytes | str) -> str:
+    """A hash field as text (the client answers bytes: ``decode_responses`` is off)."""
+    return field.decode() if isinstance(field, bytes) else field
+
+
 def _counter_key(counter: str) -> str:
     return key(f"queueing:{counter}")
 
@@ -48,7 +53,7 @@ def counters() -> dict[str, dict[str, int]]:
             pipe.hgetall(_counter_key(counter))
         replies = pipe.execute()
     return {
-        counter: {field.decode(): int(n) for field, n in reply.items()}
+        counter: {_text(field): int(n) for field, n in reply.items()}
         for counter, reply in zip(COUNTERS, replies, strict=True)
     }
 
@@ -87,7 +92,7 @@ def sweep_durations() -> SweepDurations:
     """The histogram as recorded so far (``Unavailable`` if Redis does not answer)."""
     client = broker_redis()
     with answered():
-        raw = {k.decode(): v for k, v in client.hgetall(key(_SWEEP_KEY)).items()}
+        raw = {_text(k): v for k, v in client.hgetall(key(_SWEEP_KEY)).items()}
     buckets, running = [], 0
     for bound in (*SWEEP_DURATION_BUCKETS, math.inf):
         running += int(raw.get(f"le:{bound}", 0))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +110,8 @@ def ask_workers(*, timeout: float) -> WorkersReport:
     )
 
 
-def _per_queue(tasks: Iterable[dict[str, Any]]) -> dict[str, int]:
+def _per_queue(tasks: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """``{queue: tasks}`` of the tasks a worker reported (each a mapping with ``delivery_info``)."""
     counts: Counter[str] = Counter()
     for task in tasks:
         delivery = task.get("delivery_info") or {}
