@@ -131,6 +131,9 @@ vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 # Request bodies larger than this are refused (413 from the API).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
 
+# Applied by project/logconfig.py: as written, except in a Celery process (worker, Beat, Flower), whose root
+# logger Celery set up; there only the levels of the named loggers are applied, however often Django sets up.
+LOGGING_CONFIG = "project.logconfig.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
