@@ -120,7 +120,14 @@ class Child:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now: nothing listens there or holds it bound.
+
+    With ``SO_REUSEADDR``, as every server of the stack binds (runserver, the gateway, Flower, Redis): the
+    connections of a stack stopped a moment ago linger in TIME_WAIT for up to a minute, and they must not
+    make the next start refuse a port that its servers can take.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
