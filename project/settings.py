@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sys
 from pathlib import Path
 
 import environ
 from kombu import Queue
+
+from project import stackfile
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("QUEUEING_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -147,8 +150,24 @@ LOGGING = {
     },
 }
 
+
 # --- Celery (read by project/celery.py with namespace="CELERY") ------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+def _redis_url() -> str:
+    """REDIS_URL; unset, the Redis of the stack bin/start runs from this checkout (var/devstack.json); else 6379."""
+    if url := env.str("REDIS_URL", default=""):
+        return url
+    if stack := stackfile.running(VAR_DIR):
+        # Said on stderr, so that a command's own output (e.g. check_queue --json) stays as it is.
+        print(
+            f"REDIS_URL is not set: using {stackfile.without_password(stack.redis_url)}, the Redis of the stack "
+            f"bin/start runs (pid {stack.pid}, {stack.path})",
+            file=sys.stderr,
+        )
+        return stack.redis_url
+    return "redis://127.0.0.1:6379/0"
+
+
+REDIS_URL = _redis_url()
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

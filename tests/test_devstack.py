@@ -329,3 +329,52 @@ def test_the_stack_starts_again_at_once_on_the_same_ports_after_it_stopped(tmp_p
         assert requests.get(f"http://127.0.0.1:{flower}/", timeout=5).status_code == 401
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, output.text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_commands_in_another_terminal_find_the_running_stack_on_its_own_redis_port(
+    stack: tuple[subprocess.Popen[str], Output, dict[str, int]], tmp_path: Path
+) -> None:
+    process, output, ports = stack
+    ready(process, output, ports)
+    url = output.search(r"embedded Redis answers at (redis://127\.0\.0\.1:(\d+)/0)")
+    assert url is not None and url.group(2) != "6379", output.text()  # not the default port (--redis-port 0)
+    terminal = stack_env(tmp_path)  # no REDIS_URL
+
+    # When a celery command runs from the checkout without REDIS_URL
+    ping = subprocess.run(
+        [
+            *(sys.executable, "-m", "celery", "-A", "project", "inspect", "ping", "--timeout", "10"),
+            *("--destination", f"celery@{socket.gethostname()}"),  # bin/start's worker: answers without waiting
+        ],
+        cwd=ROOT,
+        env=terminal,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # Then it reaches the stack's worker, and says which broker it took and from where
+    assert "pong" in ping.stdout, ping.stdout + ping.stderr
+    notice = f"REDIS_URL is not set: using {url.group(1)}, the Redis of the stack bin/start runs (pid {process.pid}"
+    assert notice in ping.stderr
+
+    # And so does a manage.py command
+    shell = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", "from django.conf import settings; print(settings.REDIS_URL)"],
+        cwd=ROOT,
+        env=terminal,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shell.stdout.strip().splitlines()[-1] == url.group(1), shell.stdout + shell.stderr
+    assert notice in shell.stderr
+
+    # When the stack stops, its file goes with it
+    stack_file = tmp_path / "var" / "devstack.json"
+    assert stack_file.is_file()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, output.text()
+    assert not stack_file.exists()
