@@ -42,6 +42,7 @@ REQUIRED_APP_ENV = {
     "DJANGO_ALLOWED_HOSTS",
     "QUEUEING_API_TOKEN",
     "WHATSAPP_GATEWAY_URL",
+    "DJANGO_HTTPS",
 }
 INTERPOLATION = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[^}]*)\}")
 
