@@ -86,7 +86,7 @@ def names_read_by_settings() -> set[str]:
 
 
 def known_env_names() -> set[str]:
-    return names_read_by_settings() | {conf.ENV_PREFIX + key for key in conf._KEYS}
+    return names_read_by_settings() | {declared.env_var for declared in conf.SETTINGS}
 
 
 # --- the checks -----------------------------------------------------------------------------------------
