@@ -341,6 +341,7 @@ def test_commands_in_another_terminal_find_the_running_stack_on_its_own_redis_po
     url = output.search(r"embedded Redis answers at (redis://127\.0\.0\.1:(\d+)/0)")
     assert url is not None and url.group(2) != "6379", output.text()  # not the default port (--redis-port 0)
     terminal = stack_env(tmp_path)  # no REDIS_URL
+    poll(lambda: output.search(r"worker \|.* ready\."), deadline_seconds=START_DEADLINE_SECONDS, what="the worker")
 
     # When a celery command runs from the checkout without REDIS_URL
     ping = subprocess.run(

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,11 @@ PRINT_BROKER = "from django.conf import settings; print(settings.CELERY_BROKER_U
 def devstack_process() -> Iterator[subprocess.Popen[bytes]]:
     """A process whose command line names project.devstack, as bin/start's does (it only sleeps)."""
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", stackfile.WRITER_MODULE])
+    # Until it has exec'd, the new process's /proc/<pid>/cmdline is still pytest's.
+    cmdline, deadline = Path(f"/proc/{process.pid}/cmdline"), time.monotonic() + 10
+    while cmdline.exists() and stackfile.WRITER_MODULE.encode() not in cmdline.read_bytes():
+        assert time.monotonic() < deadline, "the stand-in for bin/start did not start"
+        time.sleep(0.01)
     yield process
     process.kill()
     process.wait()
