@@ -31,15 +31,15 @@ CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 # DJANGO_HTTPS=true: the site is served over HTTPS only, by itself or behind a TLS-terminating proxy. It turns on
 # the redirect to HTTPS, secure-only cookies and HSTS (one year, subdomains, preload-ready); each can be tuned
 # below. Off by default: bin/start and runserver speak plain HTTP. `manage.py check --deploy` is clean with it.
-HTTPS = env.bool("DJANGO_HTTPS", default=False)
-SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=HTTPS)
-SESSION_COOKIE_SECURE = HTTPS
-CSRF_COOKIE_SECURE = HTTPS
+HTTPS_ONLY = env.bool("DJANGO_HTTPS", default=False)
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=HTTPS_ONLY)
+SESSION_COOKIE_SECURE = HTTPS_ONLY
+CSRF_COOKIE_SECURE = HTTPS_ONLY
 # Seconds browsers remember to use HTTPS only; 0: no HSTS header. Try 3600 first if unsure: it cannot be undone
 # for a browser before it runs out.
-SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if HTTPS else 0)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
-SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=HTTPS)
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if HTTPS_ONLY else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS_ONLY)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=HTTPS_ONLY)
 # DJANGO_BEHIND_PROXY=true: TLS ends at a proxy that sets X-Forwarded-Proto (and drops a client's own); only
 # then may a request that says "https" there be believed. Without it, behind a proxy, the redirect would loop.
 if env.bool("DJANGO_BEHIND_PROXY", default=False):
