@@ -48,7 +48,7 @@ if env.bool("DJANGO_BEHIND_PROXY", default=False):
 
 def _secret_key() -> str:
     """DJANGO_SECRET_KEY, or a random key made once per checkout and kept (mode 0600) under var/."""
-    if key := env.str("DJANGO_SECRET_KEY", default=""):
+    if key := str(env.str("DJANGO_SECRET_KEY", default="")):
         return key
     path = VAR_DIR / "secret_key"
     if not path.exists():
@@ -172,7 +172,7 @@ LOGGING = {
 # --- Celery (read by project/celery.py with namespace="CELERY") ------------------------------------------
 def _redis_url() -> str:
     """REDIS_URL; unset, the Redis of the stack bin/start runs from this checkout (var/devstack.json); else 6379."""
-    if url := env.str("REDIS_URL", default=""):
+    if url := str(env.str("REDIS_URL", default="")):
         return url
     if stack := stackfile.running(VAR_DIR):
         # Said on stderr, so that a command's own output (e.g. check_queue --json) stays as it is.

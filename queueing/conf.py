@@ -38,7 +38,7 @@ def setting(default: T, *, key: str, unit: str, help: str, minimum: float | None
     the smallest value accepted; ``secret`` keeps the value out of the ``repr``.
     """
     metadata = {"key": key, "unit": unit, "help": help, "minimum": minimum}
-    return typing.cast(T, dataclasses.field(default=default, repr=not secret, metadata=metadata))
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True, kw_only=True)
