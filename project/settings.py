@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sys
 from pathlib import Path
 
 import environ
 from kombu import Queue
+
+from project import stackfile
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("QUEUEING_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -24,10 +27,28 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
+# --- HTTPS (production) -------------------------------------------------------------------------------
+# DJANGO_HTTPS=true: the site is served over HTTPS only, by itself or behind a TLS-terminating proxy. It turns on
+# the redirect to HTTPS, secure-only cookies and HSTS (one year, subdomains, preload-ready); each can be tuned
+# below. Off by default: bin/start and runserver speak plain HTTP. `manage.py check --deploy` is clean with it.
+HTTPS_ONLY = env.bool("DJANGO_HTTPS", default=False)
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=HTTPS_ONLY)
+SESSION_COOKIE_SECURE = HTTPS_ONLY
+CSRF_COOKIE_SECURE = HTTPS_ONLY
+# Seconds browsers remember to use HTTPS only; 0: no HSTS header. Try 3600 first if unsure: it cannot be undone
+# for a browser before it runs out.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if HTTPS_ONLY else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS_ONLY)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=HTTPS_ONLY)
+# DJANGO_BEHIND_PROXY=true: TLS ends at a proxy that sets X-Forwarded-Proto (and drops a client's own); only
+# then may a request that says "https" there be believed. Without it, behind a proxy, the redirect would loop.
+if env.bool("DJANGO_BEHIND_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 
 def _secret_key() -> str:
     """DJANGO_SECRET_KEY, or a random key made once per checkout and kept (mode 0600) under var/."""
-    if key := env.str("DJANGO_SECRET_KEY", default=""):
+    if key := str(env.str("DJANGO_SECRET_KEY", default="")):
         return key
     path = VAR_DIR / "secret_key"
     if not path.exists():
@@ -131,6 +152,9 @@ vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 # Request bodies larger than this are refused (413 from the API).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
 
+# Applied by project/logconfig.py: as written, except in a Celery process (worker, Beat, Flower), whose root
+# logger Celery set up; there only the levels of the named loggers are applied, however often Django sets up.
+LOGGING_CONFIG = "project.logconfig.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -144,8 +168,24 @@ LOGGING = {
     },
 }
 
+
 # --- Celery (read by project/celery.py with namespace="CELERY") ------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+def _redis_url() -> str:
+    """REDIS_URL; unset, the Redis of the stack bin/start runs from this checkout (var/devstack.json); else 6379."""
+    if url := str(env.str("REDIS_URL", default="")):
+        return url
+    if stack := stackfile.running(VAR_DIR):
+        # Said on stderr, so that a command's own output (e.g. check_queue --json) stays as it is.
+        print(
+            f"REDIS_URL is not set: using {stackfile.without_password(stack.redis_url)}, the Redis of the stack "
+            f"bin/start runs (pid {stack.pid}, {stack.path})",
+            file=sys.stderr,
+        )
+        return stack.redis_url
+    return "redis://127.0.0.1:6379/0"
+
+
+REDIS_URL = _redis_url()
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

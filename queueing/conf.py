@@ -4,42 +4,12 @@ Precedence, lowest first: the defaults below, ``settings.QUEUEING["KEY"]``, the 
 ``QUEUEING_KEY``. ``start_auto_retry()`` (``queueing/retry.py``) can further change ``MAX_RETRIES``,
 ``RETRY_DELAY`` and ``CHECK_INTERVAL`` while the system runs; those changes live in the database.
 
-=====================  =======  ==========================================================================
-key                    default  meaning
-=====================  =======  ==========================================================================
-MAX_RETRIES            3        automatic retries by the sweep before a job is ``dead``
-RETRY_DELAY            300      seconds a failed job waits before the sweep re-sends it
-CHECK_INTERVAL         60       seconds between two sweeps (the beat interval)
-IMMEDIATE_RETRIES      3        Celery retries of one call before it is recorded as failed
-BACKOFF_BASE           2        seconds before the first immediate retry; doubles each time (2, 4, 8)
-BACKOFF_MAX            600      seconds, cap of one immediate-retry delay
-BACKOFF_JITTER         False    draw each delay from [d/2, d] instead of exactly d
-LEASE_SECONDS          1800     seconds a claimed job may stay ``retrying`` before the sweep takes it back
-BATCH_SIZE             500      most jobs one sweep (or one batch of a bulk retry) claims
-API_TOKEN              ""       bearer token of the JSON API; empty: only staff sessions get in
-TRACEBACK_MAX_CHARS    10000    stored traceback is cut to its last this-many characters
-MESSAGE_MAX_CHARS      2000     stored exception message is cut to this many characters
-=====================  =======  ==========================================================================
-
-Queue status (``queueing/status.py``: the API, ``check_queue`` and ``/metrics``) and alerts
-(``queueing/alerts.py``):
-
-==============================  =========================  ===========================================================
-key                             default                    meaning
-==============================  =========================  ===========================================================
-STATUS_BROKER_TIMEOUT_SECONDS   0.5                        seconds to wait for Redis (connect, then each reply)
-STATUS_INSPECT_TIMEOUT_SECONDS  1.0                        seconds a broadcast to the workers waits for their replies
-STATUS_WORKERS_CACHE_SECONDS    5.0                        seconds the workers' report (active, delayed) is reused
-STATUS_COUNTS_CACHE_SECONDS     1.0                        seconds the failed/dead counts and recent failures are
-                                                           reused; 0: query the database on every request
-ALERT_SINKS                     queueing.alerts.LogSink    dotted paths of the alert sinks (comma-separated in the
-                                                           environment); ``queueing.alerts.MailAdminsSink`` and
-                                                           ``queueing.alerts.WebhookSink`` ship too
-ALERT_FAILED_THRESHOLD          10                         alert when a queue has at least this many failed jobs; 0: off
-ALERT_DEAD_THRESHOLD            1                          alert when a queue has at least this many dead jobs; 0: off
-ALERT_WEBHOOK_URL               ""                         where ``WebhookSink`` POSTs (Slack-compatible JSON)
-ALERT_WEBHOOK_TIMEOUT_SECONDS   5.0                        seconds one webhook POST may take
-==============================  =========================  ===========================================================
+Each setting is declared once, as one field of ``QueueingSettings`` made by ``setting()``: its attribute, type,
+default, key, unit, smallest allowed value and help. The key list (``SETTINGS``), the parsing of settings and
+environment, the table at the end of this docstring and the check of the README's configuration table
+(``tests/test_conf.py``) are all derived from those fields. The queue status (``queueing/status.py``: the API,
+``check_queue`` and ``/metrics``) reads the ``STATUS_*`` keys, the alerts (``queueing/alerts.py``) the
+``ALERT_*`` ones.
 """
 
 from __future__ import annotations
@@ -47,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -57,63 +28,210 @@ from django.dispatch import receiver
 
 ENV_PREFIX = "QUEUEING_"
 
+T = TypeVar("T")
+
+
+def setting(default: T, *, key: str, unit: str, help: str, minimum: float | None = None, secret: bool = False) -> T:
+    """Declare one setting: a dataclass field of ``QueueingSettings`` carrying its key, unit and help.
+
+    ``unit`` is what one of it counts ("seconds", "jobs", ...; "" for a switch, a text or a list); ``minimum``
+    the smallest value accepted; ``secret`` keeps the value out of the ``repr``.
+    """
+    metadata = {"key": key, "unit": unit, "help": help, "minimum": minimum}
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
+
 
 @dataclass(frozen=True, kw_only=True)
 class QueueingSettings:
-    max_retries: int = 3
-    retry_delay_seconds: float = 300.0
-    check_interval_seconds: int = 60
-    immediate_retries: int = 3
-    backoff_base_seconds: float = 2.0
-    backoff_max_seconds: float = 600.0
-    backoff_jitter: bool = False
-    lease_seconds: float = 1800.0
-    batch_size: int = 500
-    api_token: str = dataclasses.field(default="", repr=False)
-    traceback_max_chars: int = 10_000
-    message_max_chars: int = 2_000
-    status_broker_timeout_seconds: float = 0.5
-    status_inspect_timeout_seconds: float = 1.0
-    status_workers_cache_seconds: float = 5.0
-    status_counts_cache_seconds: float = 1.0
-    alert_sinks: tuple[str, ...] = ("queueing.alerts.LogSink",)
-    alert_failed_threshold: int = 10
-    alert_dead_threshold: int = 1
-    alert_webhook_url: str = dataclasses.field(default="", repr=False)
-    alert_webhook_timeout_seconds: float = 5.0
+    """The effective static settings, one attribute per key (``get_settings()``; the table in ``queueing.conf``)."""
+
+    max_retries: int = setting(
+        3, key="MAX_RETRIES", unit="retries", minimum=0, help="automatic retries by the sweep before a job is `dead`"
+    )
+    retry_delay_seconds: float = setting(
+        300.0,
+        key="RETRY_DELAY",
+        unit="seconds",
+        minimum=0,
+        help="seconds a failed job waits before the sweep re-sends it",
+    )
+    check_interval_seconds: int = setting(
+        60, key="CHECK_INTERVAL", unit="seconds", minimum=1, help="seconds between two sweeps (the Beat interval)"
+    )
+    immediate_retries: int = setting(
+        3,
+        key="IMMEDIATE_RETRIES",
+        unit="retries",
+        minimum=0,
+        help="Celery retries of one call before it is recorded as failed",
+    )
+    backoff_base_seconds: float = setting(
+        2.0,
+        key="BACKOFF_BASE",
+        unit="seconds",
+        minimum=0,
+        help="seconds before the first immediate retry; doubles each time (2, 4, 8)",
+    )
+    backoff_max_seconds: float = setting(
+        600.0, key="BACKOFF_MAX", unit="seconds", minimum=0, help="seconds, cap of one immediate-retry delay"
+    )
+    backoff_jitter: bool = setting(
+        False, key="BACKOFF_JITTER", unit="", help="draw each delay from [d/2, d] instead of exactly d"
+    )
+    lease_seconds: float = setting(
+        1800.0,
+        key="LEASE_SECONDS",
+        unit="seconds",
+        minimum=1,
+        help="seconds a claimed job may stay `retrying` before the sweep takes it back",
+    )
+    batch_size: int = setting(
+        500,
+        key="BATCH_SIZE",
+        unit="jobs",
+        minimum=1,
+        help="most jobs one sweep (or one batch of a bulk retry) claims",
+    )
+    api_token: str = setting(
+        "",
+        key="API_TOKEN",
+        unit="",
+        secret=True,
+        help="bearer token of the JSON API (or `sha256:<hex digest>` of it); empty: only staff sessions get in",
+    )
+    traceback_max_chars: int = setting(
+        10_000,
+        key="TRACEBACK_MAX_CHARS",
+        unit="characters",
+        minimum=100,
+        help="stored traceback is cut to its last this-many characters",
+    )
+    message_max_chars: int = setting(
+        2_000,
+        key="MESSAGE_MAX_CHARS",
+        unit="characters",
+        minimum=10,
+        help="stored exception message is cut to this many characters",
+    )
+    status_broker_timeout_seconds: float = setting(
+        0.5,
+        key="STATUS_BROKER_TIMEOUT_SECONDS",
+        unit="seconds",
+        minimum=0.01,
+        help="seconds the queue status waits for Redis (connect, then each reply)",
+    )
+    status_inspect_timeout_seconds: float = setting(
+        1.0,
+        key="STATUS_INSPECT_TIMEOUT_SECONDS",
+        unit="seconds",
+        minimum=0.01,
+        help="seconds a broadcast to the workers waits for their replies",
+    )
+    status_workers_cache_seconds: float = setting(
+        5.0,
+        key="STATUS_WORKERS_CACHE_SECONDS",
+        unit="seconds",
+        minimum=0,
+        help="seconds the workers' report (active, delayed) is reused",
+    )
+    status_counts_cache_seconds: float = setting(
+        1.0,
+        key="STATUS_COUNTS_CACHE_SECONDS",
+        unit="seconds",
+        minimum=0,
+        help="seconds the failed/dead counts and recent failures are reused; 0: query the database on every request",
+    )
+    alert_sinks: tuple[str, ...] = setting(
+        ("queueing.alerts.LogSink",),
+        key="ALERT_SINKS",
+        unit="",
+        help="dotted paths of the alert sinks (comma-separated in the environment); "
+        "`queueing.alerts.MailAdminsSink` and `queueing.alerts.WebhookSink` ship too",
+    )
+    alert_failed_threshold: int = setting(
+        10,
+        key="ALERT_FAILED_THRESHOLD",
+        unit="jobs",
+        minimum=0,
+        help="alert when a queue has at least this many failed jobs; 0: off",
+    )
+    alert_dead_threshold: int = setting(
+        1,
+        key="ALERT_DEAD_THRESHOLD",
+        unit="jobs",
+        minimum=0,
+        help="alert when a queue has at least this many dead jobs; 0: off",
+    )
+    alert_webhook_url: str = setting(
+        "",
+        key="ALERT_WEBHOOK_URL",
+        unit="",
+        secret=True,
+        help="where `queueing.alerts.WebhookSink` POSTs (Slack-compatible JSON)",
+    )
+    alert_webhook_timeout_seconds: float = setting(
+        5.0,
+        key="ALERT_WEBHOOK_TIMEOUT_SECONDS",
+        unit="seconds",
+        minimum=0.01,
+        help="seconds one webhook POST may take",
+    )
 
 
-#: settings key -> (field name, parser, smallest allowed value or None)
-_KEYS: dict[str, tuple[str, type, float | None]] = {
-    "MAX_RETRIES": ("max_retries", int, 0),
-    "RETRY_DELAY": ("retry_delay_seconds", float, 0),
-    "CHECK_INTERVAL": ("check_interval_seconds", int, 1),
-    "IMMEDIATE_RETRIES": ("immediate_retries", int, 0),
-    "BACKOFF_BASE": ("backoff_base_seconds", float, 0),
-    "BACKOFF_MAX": ("backoff_max_seconds", float, 0),
-    "BACKOFF_JITTER": ("backoff_jitter", bool, None),
-    "LEASE_SECONDS": ("lease_seconds", float, 1),
-    "BATCH_SIZE": ("batch_size", int, 1),
-    "API_TOKEN": ("api_token", str, None),
-    "TRACEBACK_MAX_CHARS": ("traceback_max_chars", int, 100),
-    "MESSAGE_MAX_CHARS": ("message_max_chars", int, 10),
-    "STATUS_BROKER_TIMEOUT_SECONDS": ("status_broker_timeout_seconds", float, 0.01),
-    "STATUS_INSPECT_TIMEOUT_SECONDS": ("status_inspect_timeout_seconds", float, 0.01),
-    "STATUS_WORKERS_CACHE_SECONDS": ("status_workers_cache_seconds", float, 0),
-    "STATUS_COUNTS_CACHE_SECONDS": ("status_counts_cache_seconds", float, 0),
-    "ALERT_SINKS": ("alert_sinks", tuple, None),
-    "ALERT_FAILED_THRESHOLD": ("alert_failed_threshold", int, 0),
-    "ALERT_DEAD_THRESHOLD": ("alert_dead_threshold", int, 0),
-    "ALERT_WEBHOOK_URL": ("alert_webhook_url", str, None),
-    "ALERT_WEBHOOK_TIMEOUT_SECONDS": ("alert_webhook_timeout_seconds", float, 0.01),
-}
+@dataclass(frozen=True)
+class Setting:
+    """One declared setting, as read from its ``QueueingSettings`` field."""
+
+    key: str
+    field: str
+    kind: type  # int, float, bool, str or tuple (of strings)
+    default: Any
+    unit: str
+    help: str
+    minimum: float | None
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.key
+
+    @property
+    def default_text(self) -> str:
+        """The default as the README and the table below write it: ``300``, ``0.5``, ``false``, ``empty``."""
+        value = self.default
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, tuple):
+            return ",".join(value)
+        return str(value) if value != "" else "empty"
+
+
+def _declared() -> tuple[Setting, ...]:
+    hints = typing.get_type_hints(QueueingSettings)
+    declared = []
+    for field in dataclasses.fields(QueueingSettings):
+        hint = hints[field.name]
+        kind = typing.get_origin(hint) or hint
+        if kind not in (int, float, bool, str, tuple):
+            raise TypeError(f"QueueingSettings.{field.name}: a setting is an int, float, bool, str or tuple[str, ...]")
+        meta = field.metadata
+        declared.append(
+            Setting(meta["key"], field.name, kind, field.default, meta["unit"], meta["help"], meta["minimum"])
+        )
+    return tuple(declared)
+
+
+#: Every setting, in declaration order; the only key list.
+SETTINGS: tuple[Setting, ...] = _declared()
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def _parse(key: str, source: str, raw: Any, kind: type, minimum: float | None) -> Any:
-    where = f"{source} {key}"
+def _parse(where: str, raw: Any, declared: Setting) -> Any:
+    kind, minimum = declared.kind, declared.minimum
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -134,7 +252,7 @@ def _parse(key: str, source: str, raw: Any, kind: type, minimum: float | None) -
         if kind is int and isinstance(raw, float) and raw != value:
             raise ValueError
     except (TypeError, ValueError):
-        unit = "a whole number" if kind is int else "a number of seconds"
+        unit = "a whole number" if kind is int else f"a number of {declared.unit or 'units'}"
         raise ImproperlyConfigured(f"{where} must be {unit}, got {raw!r}") from None
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{where} must be at least {minimum}, got {raw!r}")
@@ -145,17 +263,17 @@ def _parse(key: str, source: str, raw: Any, kind: type, minimum: float | None) -
 def get_settings() -> QueueingSettings:
     """The effective static settings; raises ``ImproperlyConfigured`` naming the bad key and the fix."""
     configured: dict[str, Any] = dict(getattr(settings, "QUEUEING", {}) or {})
-    unknown = sorted(set(configured) - set(_KEYS))
+    unknown = sorted(set(configured) - set(BY_KEY))
     if unknown:
         raise ImproperlyConfigured(
-            f"unknown key(s) in settings.QUEUEING: {', '.join(unknown)}; known keys: {', '.join(_KEYS)}"
+            f"unknown key(s) in settings.QUEUEING: {', '.join(unknown)}; known keys: {', '.join(BY_KEY)}"
         )
     values: dict[str, Any] = {}
-    for key, (field, kind, minimum) in _KEYS.items():
-        if (env_value := os.environ.get(ENV_PREFIX + key)) is not None:
-            values[field] = _parse(ENV_PREFIX + key, "environment variable", env_value, kind, minimum)
-        elif key in configured:
-            values[field] = _parse(f'QUEUEING["{key}"]', "setting", configured[key], kind, minimum)
+    for declared in SETTINGS:
+        if (env_value := os.environ.get(declared.env_var)) is not None:
+            values[declared.field] = _parse(f"environment variable {declared.env_var}", env_value, declared)
+        elif declared.key in configured:
+            values[declared.field] = _parse(f'setting QUEUEING["{declared.key}"]', configured[declared.key], declared)
     return QueueingSettings(**values)
 
 
@@ -163,3 +281,24 @@ def get_settings() -> QueueingSettings:
 def _forget_settings(*, setting: str, **_: Any) -> None:
     if setting == "QUEUEING":
         get_settings.cache_clear()
+
+
+def _table() -> str:
+    """The settings as a reStructuredText table, for this module's docstring."""
+    rows = [(s.key, s.default_text, s.unit or "-", s.help) for s in SETTINGS]
+    widths = [max(len(row[i]) for row in [("key", "default", "unit", "meaning"), *rows]) for i in range(4)]
+    rule = "  ".join("=" * width for width in widths)
+    lines = [
+        "",
+        "",
+        rule,
+        "  ".join(h.ljust(w) for h, w in zip(("key", "default", "unit", "meaning"), widths, strict=True)),
+    ]
+    lines.append(rule)
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.append(rule)
+    return "\n".join(lines) + "\n"
+
+
+# The table is derived from the declarations above.
+__doc__ = (__doc__ or "") + _table()

@@ -42,6 +42,7 @@ REQUIRED_APP_ENV = {
     "DJANGO_ALLOWED_HOSTS",
     "QUEUEING_API_TOKEN",
     "WHATSAPP_GATEWAY_URL",
+    "DJANGO_HTTPS",
 }
 INTERPOLATION = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[^}]*)\}")
 
@@ -85,7 +86,7 @@ def names_read_by_settings() -> set[str]:
 
 
 def known_env_names() -> set[str]:
-    return names_read_by_settings() | {conf.ENV_PREFIX + key for key in conf._KEYS}
+    return names_read_by_settings() | {declared.env_var for declared in conf.SETTINGS}
 
 
 # --- the checks -----------------------------------------------------------------------------------------

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from queueing import conf
 from queueing.conf import QueueingSettings, get_settings
 
 
@@ -61,4 +64,88 @@ def test_a_bad_environment_value_names_the_variable(
             get_settings()
     finally:
         monkeypatch.delenv(name)
+        get_settings.cache_clear()
+
+
+# --- one declaration per setting, and everything derived from it ------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+#: Rows of the README's configuration table that are the project's own, read by project/settings.py.
+PROJECT_SETTINGS = {"QUEUEING_VAR_DIR", "QUEUEING_LOG_LEVEL"}
+
+
+def readme_configuration_rows() -> dict[str, tuple[str, str]]:
+    """``{variable: (default, meaning)}`` of the README's "Configuration" table, backticks around cells removed."""
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if line.startswith("| `") and len(cells) == 3:
+            name, default, meaning = cells
+            rows[name.strip("`")] = (default.removeprefix("`").removesuffix("`"), meaning)
+    return rows
+
+
+def test_every_setting_is_in_the_readme_table_with_its_default_and_meaning() -> None:
+    rows = readme_configuration_rows()
+
+    for declared in conf.SETTINGS:
+        assert declared.env_var in rows, f"README's configuration table lacks {declared.env_var}"
+        assert rows[declared.env_var] == (declared.default_text, declared.help), declared.env_var
+
+
+def test_the_readme_table_names_no_queueing_setting_that_is_not_declared() -> None:
+    listed = {name for name in readme_configuration_rows() if name.startswith(conf.ENV_PREFIX)}
+
+    assert listed - PROJECT_SETTINGS == {declared.env_var for declared in conf.SETTINGS}
+
+
+def test_the_readme_check_catches_a_wrong_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    declared = conf.BY_KEY["MAX_RETRIES"]
+    monkeypatch.setattr(conf, "SETTINGS", (dataclasses.replace(declared, default=4),))
+
+    with pytest.raises(AssertionError, match="QUEUEING_MAX_RETRIES"):
+        test_every_setting_is_in_the_readme_table_with_its_default_and_meaning()
+
+
+def test_the_module_docstring_lists_every_setting_with_its_default_and_unit() -> None:
+    doc = conf.__doc__ or ""
+
+    for declared in conf.SETTINGS:
+        row = next((line for line in doc.splitlines() if line.startswith(declared.key + " ")), "")
+        assert row.split()[:3] == [declared.key, declared.default_text, declared.unit or "-"], declared.key
+
+
+def test_the_dataclass_defaults_are_the_declared_ones() -> None:
+    defaults = QueueingSettings()
+
+    assert [getattr(defaults, declared.field) for declared in conf.SETTINGS] == [d.default for d in conf.SETTINGS]
+    assert [f.name for f in dataclasses.fields(QueueingSettings)] == [d.field for d in conf.SETTINGS]
+    assert "api_token" not in repr(defaults) and "alert_webhook_url" not in repr(defaults)  # secrets
+
+
+def other_value(declared: conf.Setting) -> tuple[str, Any]:
+    """An environment value for ``declared`` other than its default, and what it parses to."""
+    if declared.kind is bool:
+        return str(not declared.default).lower(), not declared.default
+    if declared.kind is int:
+        return str(declared.default + 1), declared.default + 1
+    if declared.kind is float:
+        return str(declared.default + 0.5), declared.default + 0.5
+    if declared.kind is tuple:
+        return "a.Sink, b.Sink", ("a.Sink", "b.Sink")
+    return "changed", "changed"
+
+
+@pytest.mark.parametrize("declared", conf.SETTINGS, ids=lambda declared: declared.key)
+def test_every_setting_is_read_from_its_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, declared: conf.Setting
+) -> None:
+    text, expected = other_value(declared)
+    monkeypatch.setenv(declared.env_var, text)
+    get_settings.cache_clear()
+    try:
+        assert getattr(get_settings(), declared.field) == expected
+    finally:
+        monkeypatch.delenv(declared.env_var)
         get_settings.cache_clear()

@@ -99,28 +99,34 @@ def process_groups_alive(pgids: set[int]) -> list[str]:
     return alive
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, dict[str, int]]]:
-    web, gateway, flower = free_ports(3)
+def stack_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a fresh checkout's shell: no Redis, token or URLs set; var/ and the database in tmp."""
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in {"REDIS_URL", "QUEUEING_API_TOKEN", "WHATSAPP_GATEWAY_URL", "FLOWER_URL", "DJANGO_DEBUG"}
         and not key.startswith("FLOWER_")
     }
-    env |= {
+    return env | {
         "QUEUEING_VAR_DIR": str(tmp_path / "var"),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+@contextlib.contextmanager
+def running_stack(
+    tmp_path: Path, ports: dict[str, int], *, redis_port: int = 0
+) -> Iterator[tuple[subprocess.Popen[str], Output]]:
+    """``bin/start`` on ``ports`` (web, gateway, flower), stopped (SIGTERM, then killed) when the block ends."""
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "project.devstack"),
-            *("--web-port", str(web), "--gateway-port", str(gateway), "--flower-port", str(flower)),
-            *("--redis-port", "0"),
+            *("--web-port", str(ports["web"]), "--gateway-port", str(ports["gateway"])),
+            *("--flower-port", str(ports["flower"]), "--redis-port", str(redis_port)),
         ],
         cwd=ROOT,
-        env=env,
+        env=stack_env(tmp_path),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -128,7 +134,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, dict[
     )
     output = Output(process)
     try:
-        yield process, output, {"web": web, "gateway": gateway, "flower": flower}
+        yield process, output
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -141,6 +147,13 @@ def stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, dict[
                 for match in re.finditer(r"started \S+ \(pid (\d+)\)", output.text()):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(int(match.group(1)), signal.SIGKILL)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, dict[str, int]]]:
+    ports = dict(zip(("web", "gateway", "flower"), free_ports(3), strict=True))
+    with running_stack(tmp_path, ports) as (process, output):
+        yield process, output, ports
 
 
 @pytest.mark.slow
@@ -230,3 +243,139 @@ def test_skipped_services_need_no_port() -> None:
 def test_a_redis_url_with_a_password_is_printed_without_it() -> None:
     assert devstack.without_password("redis://:s3cret@redis.example:6379/0") == "redis://:***@redis.example:6379/0"
     assert devstack.without_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def time_wait_ports() -> set[int]:
+    """Local TCP ports of this machine that have a socket in TIME-WAIT (state 06 in /proc/net/tcp*)."""
+    ports = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        with contextlib.suppress(OSError):
+            for line in table.read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "06":
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_server_is_free() -> None:
+    # Given a server that bound as the stack's servers do (SO_REUSEADDR), closed a connection first, and stopped
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()
+        client.close()
+    if Path("/proc/net/tcp").is_file():
+        assert port in poll(time_wait_ports, deadline_seconds=5, what="a TIME-WAIT socket on the port")
+
+    # Then the port counts as free: the next server can listen there
+    assert devstack.port_is_free(port)
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+
+
+def ready(process: subprocess.Popen[str], output: Output, ports: dict[str, int]) -> None:
+    """Wait for the web server, the gateway and the summary of a stack started by ``running_stack``."""
+
+    def answers(url: str) -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the stack exited (status {process.returncode}):\n{output.text()}")
+        return requests.get(url, timeout=2).status_code == 200
+
+    for url in (f"http://127.0.0.1:{ports['web']}/admin/login/", f"http://127.0.0.1:{ports['gateway']}/health"):
+        poll(
+            lambda url=url: answers(url),
+            deadline_seconds=START_DEADLINE_SECONDS,
+            what=f"{url} answering\n{output.text()}",
+        )
+    poll(lambda: output.search(r"API token"), deadline_seconds=START_DEADLINE_SECONDS, what="the summary")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="finds TIME-WAIT sockets through /proc/net/tcp")
+def test_the_stack_starts_again_at_once_on_the_same_ports_after_it_stopped(tmp_path: Path) -> None:
+    web, gateway, flower, redis_port = free_ports(4)
+    servers = {"web": web, "gateway": gateway, "flower": flower}
+
+    # Given a stack that ran with a connection open to each of its servers (a browser, a curl) and stopped
+    with running_stack(tmp_path, servers, redis_port=redis_port) as (process, output):
+        ready(process, output, servers)
+        assert f"embedded Redis answers at redis://127.0.0.1:{redis_port}/0" in output.text()
+        clients = [socket.create_connection(("127.0.0.1", port)) for port in (*servers.values(), redis_port)]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, output.text()
+    for client in clients:
+        client.close()
+    # (what Ctrl-C leaves: the servers' side of those connections waits in TIME-WAIT for up to a minute)
+    lingering = poll(
+        lambda: {web, gateway, flower, redis_port} <= time_wait_ports(),
+        deadline_seconds=5,
+        what="TIME-WAIT sockets on the stack's ports",
+    )
+    assert lingering
+
+    # When it is started again at once, on the same ports
+    with running_stack(tmp_path, servers, redis_port=redis_port) as (process, output):
+        # Then every server starts there
+        ready(process, output, servers)
+        assert "is in use" not in output.text()
+        assert "is taken" not in output.text()
+        assert f"embedded Redis answers at redis://127.0.0.1:{redis_port}/0" in output.text()
+        assert requests.get(f"http://127.0.0.1:{flower}/", timeout=5).status_code == 401
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, output.text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_commands_in_another_terminal_find_the_running_stack_on_its_own_redis_port(
+    stack: tuple[subprocess.Popen[str], Output, dict[str, int]], tmp_path: Path
+) -> None:
+    process, output, ports = stack
+    ready(process, output, ports)
+    url = output.search(r"embedded Redis answers at (redis://127\.0\.0\.1:(\d+)/0)")
+    assert url is not None and url.group(2) != "6379", output.text()  # not the default port (--redis-port 0)
+    terminal = stack_env(tmp_path)  # no REDIS_URL
+    poll(lambda: output.search(r"worker \|.* ready\."), deadline_seconds=START_DEADLINE_SECONDS, what="the worker")
+
+    # When a celery command runs from the checkout without REDIS_URL
+    ping = subprocess.run(
+        [
+            *(sys.executable, "-m", "celery", "-A", "project", "inspect", "ping", "--timeout", "10"),
+            *("--destination", f"celery@{socket.gethostname()}"),  # bin/start's worker: answers without waiting
+        ],
+        cwd=ROOT,
+        env=terminal,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # Then it reaches the stack's worker, and says which broker it took and from where
+    assert "pong" in ping.stdout, ping.stdout + ping.stderr
+    notice = f"REDIS_URL is not set: using {url.group(1)}, the Redis of the stack bin/start runs (pid {process.pid}"
+    assert notice in ping.stderr
+
+    # And so does a manage.py command
+    shell = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", "from django.conf import settings; print(settings.REDIS_URL)"],
+        cwd=ROOT,
+        env=terminal,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shell.stdout.strip().splitlines()[-1] == url.group(1), shell.stdout + shell.stderr
+    assert notice in shell.stderr
+
+    # When the stack stops, its file goes with it
+    stack_file = tmp_path / "var" / "devstack.json"
+    assert stack_file.is_file()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, output.text()
+    assert not stack_file.exists()
