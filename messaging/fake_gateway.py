@@ -70,7 +70,7 @@ from fractions import Fraction
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +186,7 @@ class FakeGateway:
             # Written as answered, listed by arrival (a slow send is answered after later ones).
             self._attempts.extend(sorted(attempts, key=lambda a: str(a["at"])))
             self._attempts_total = len(attempts)
-        self._server = ThreadingHTTPServer((host, port), _Handler)
-        self._server.gateway = self  # type: ignore[attr-defined]
+        self._server = _Server((host, port), _Handler, gateway=self)
         self._thread: threading.Thread | None = None
 
     # --- running ------------------------------------------------------------------------------------
@@ -450,7 +449,7 @@ def _timestamp(moment: datetime) -> str:
 def _check_mode(mode: Any) -> Mode:
     if not isinstance(mode, str) or mode not in MODES:
         raise SettingError("mode", f"unknown mode {mode!r}; known modes: {', '.join(MODES)}")
-    return cast(Mode, mode)
+    return mode  # narrowed to Mode by the membership test
 
 
 def _is_number(value: Any) -> bool:
@@ -487,7 +486,7 @@ def _check_retry_after_format(value: Any) -> RetryAfterFormat:
         raise SettingError(
             "retryAfterFormat", f"retryAfterFormat must be one of: {', '.join(RETRY_AFTER_FORMATS)}; got {value!r}"
         )
-    return cast(RetryAfterFormat, value)
+    return value  # narrowed to RetryAfterFormat by the membership test
 
 
 def _append_json_line(path: Path, record: dict[str, Any]) -> None:
@@ -524,6 +523,16 @@ def _load_json_lines(path: Path, *, required: tuple[str, ...], what: str) -> lis
     return records
 
 
+class _Server(ThreadingHTTPServer):
+    """The HTTP server, holding the gateway its handlers serve."""
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, gateway: FakeGateway
+    ) -> None:
+        super().__init__(address, handler)
+        self.gateway = gateway
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeWhatsAppGateway/1"
     # HTTP/1.0: one request per connection, so nothing is served over an old connection after stop().
@@ -533,7 +542,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     @property
     def gateway(self) -> FakeGateway:
-        return self.server.gateway  # type: ignore[attr-defined,no-any-return]
+        server = self.server
+        assert isinstance(server, _Server)
+        return server.gateway
 
     # --- routing ------------------------------------------------------------------------------------
 

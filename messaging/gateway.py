@@ -86,7 +86,8 @@ def send(*, session_id: str, to: str, message: str, idempotency_key: str) -> dic
         )
     if status >= 400:
         raise _refusal(status, response)
-    return response.json()
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 def _refusal(status: int, response: requests.Response) -> GatewayRefused:

@@ -40,7 +40,7 @@ def ensure_sweep_schedule(*, check_interval_seconds: int | None = None, enable: 
         name=SWEEP_TASK_NAME,
         defaults={"task": SWEEP_TASK, "interval": interval, "enabled": True if enable is None else enable},
     )
-    changed = []
+    changed: list[str] = []
     if task.task != SWEEP_TASK:
         task.task, changed = SWEEP_TASK, [*changed, "task"]
     if task.interval_id != interval.pk or task.crontab_id or task.solar_id or task.clocked_id:

@@ -57,7 +57,7 @@ class SweepAwarePeriodicTaskForm(PeriodicTaskForm):
     """django-celery-beat's form, refusing to rename the sweep or change its task (the system finds it by name)."""
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data: dict[str, Any] = super().clean()
         if self.instance.pk and self.instance.name == SWEEP_TASK_NAME:
             if data.get("name") != SWEEP_TASK_NAME:
                 self.add_error(
@@ -101,7 +101,7 @@ class SweepAwarePeriodicTaskAdmin(PeriodicTaskAdmin):
         return display.time_text(obj.last_run_at)
 
     def get_form(self, request: HttpRequest, obj: PeriodicTask | None = None, **kwargs: Any) -> type[forms.ModelForm]:
-        form = super().get_form(request, obj, **kwargs)
+        form: type[forms.ModelForm] = super().get_form(request, obj, **kwargs)
         if obj is not None and obj.name == SWEEP_TASK_NAME and "interval" in form.base_fields:
             form.base_fields["interval"].help_text = (
                 "How often the retry sweep runs. Saving records it as the automatic-retry check interval "

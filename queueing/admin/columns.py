@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
+from django.db import models
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
@@ -37,7 +38,10 @@ TIMELINE = (
 def _shown(field_name: str) -> Callable[[Any, FailedJob], SafeString | str]:
     """A read-only column showing the time field ``field_name`` in the one format, under its own label."""
 
-    @admin.display(description=FailedJob._meta.get_field(field_name).verbose_name)
+    field = FailedJob._meta.get_field(field_name)
+    assert isinstance(field, models.Field)  # a time column of the row, never a relation
+
+    @admin.display(description=field.verbose_name)
     def column(self: Any, obj: FailedJob) -> SafeString | str:
         return display.time_text(getattr(obj, field_name))
 

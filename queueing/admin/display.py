@@ -24,7 +24,7 @@ Status = FailedJob.Status
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
 TIME_FORMAT_DJANGO = "Y-m-d H:i:s T"
 
-STATUS_COLOURS = {
+STATUS_COLOURS: dict[str, str] = {
     Status.FAILED: "#b45309",
     Status.RETRYING: "#1d4ed8",
     Status.RESOLVED: "#15803d",

@@ -64,7 +64,7 @@ class ColumnFilter(admin.SimpleListFilter):
         value = self.value()
         return queryset if value is None else queryset.filter(**{self.column: value})
 
-    def get_facet_counts(self, pk_attname: str, filtered_qs: QuerySet[FailedJob]) -> dict[str, Count]:
+    def get_facet_counts(self, pk_attname: str, filtered_qs: QuerySet[Any]) -> dict[str, Count]:
         # One conditional count per choice, all in one aggregate (the default uses a subquery per choice).
         return {
             f"{i}__c": Count(pk_attname, filter=Q(**{self.column: value}))

@@ -265,6 +265,7 @@ def perform(verb: Verb, queryset: QuerySet[FailedJob], *, request: HttpRequest) 
 
 def log_changes(verb: Verb, changed_ids: Sequence[int], *, user: User) -> None:
     """One admin history entry (``LogEntry``) per job the verb changed (as its service says), in one INSERT."""
+    assert user.pk is not None  # only a saved, logged-in user acts in the admin
     LogEntry.objects.log_actions(
         user_id=user.pk,
         queryset=FailedJob.objects.filter(pk__in=list(changed_ids)).only("pk", "task_name", "origin_task_id", "status"),

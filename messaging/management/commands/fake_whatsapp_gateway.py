@@ -101,10 +101,10 @@ class Command(BaseCommand):
                 host=host,
                 port=port,
                 sessions=session_ids,
-                mode=mode,  # type: ignore[arg-type]  (argparse checked it against MODES)
+                mode=next(m for m in MODES if m == mode),  # argparse checked it against MODES; this narrows it
                 slow_seconds=slow_seconds,
                 retry_after_seconds=retry_after_seconds,
-                retry_after_format=retry_after_format,  # type: ignore[arg-type]  (argparse checked it)
+                retry_after_format=next(f for f in RETRY_AFTER_FORMATS if f == retry_after_format),  # as mode
                 fail_ratio=fail_ratio,
                 max_attempts=max_attempts,
                 store=store,
