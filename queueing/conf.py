@@ -7,7 +7,7 @@ Precedence, lowest first: the defaults below, ``settings.QUEUEING["KEY"]``, the 
 Each setting is declared once, as one field of ``QueueingSettings`` made by ``setting()``: its attribute, type,
 default, key, unit, smallest allowed value and help. The key list (``SETTINGS``), the parsing of settings and
 environment, the table at the end of this docstring and the check of the README's configuration table
-(``tests/test_conf.py``) are all derived from those fields. The queue status (``queueing/status.py``: the API,
+(``tests/test_conf.py``) are all derived from those fields. The queue status (``queueing/status/``: the API,
 ``check_queue`` and ``/metrics``) reads the ``STATUS_*`` keys, the alerts (``queueing/alerts.py``) the
 ``ALERT_*`` ones.
 """

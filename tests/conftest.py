@@ -91,7 +91,7 @@ def silent_port() -> Iterator[int]:
 
 @pytest.fixture(autouse=True)
 def no_refresh_left_behind() -> Iterator[None]:
-    """Wait for the status refreshes a test started in the background (queueing/status.py), so that they
+    """Wait for the status refreshes a test started in the background (queueing/status/cache.py), so that they
     cannot write into the next test's Redis."""
     yield
     for thread in threading.enumerate():
