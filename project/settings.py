@@ -191,6 +191,10 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+# Where task results go (AsyncResult.get()): empty, none. E.g. redis://127.0.0.1:6379/1 or django-db (with
+# django-celery-results). Results are ignored unless a task (ignore_result=False) or a call asks for them;
+# a re-sent job's result is stored under the original task id (docs/workflows.md).
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_QUEUES = (

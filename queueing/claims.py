@@ -18,7 +18,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from kombu.exceptions import EncodeError
 
-from queueing import lifecycle
+from queueing import lifecycle, workflow
 from queueing.autoretry import current_policy
 from queueing.conf import get_settings
 from queueing.models import FailedJob, FailedJobQuerySet
@@ -86,6 +86,7 @@ class PublishResult:
     sent_ids: tuple[int, ...] = ()  # the jobs sent
     unsendable: int = 0  # the stored call no longer fits its task: now dead
     refused: int = 0  # the broker refused: claim released, retry given back
+    expired: int = 0  # the call's own ``expires`` had passed: now dead, never sent
 
     @property
     def sent(self) -> int:
@@ -95,12 +96,20 @@ class PublishResult:
 def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
     """Send each claimed job as a fresh task call, over one broker connection."""
     sent_ids: list[int] = []
-    unsendable = refused = 0
+    unsendable = refused = expired = 0
     with celery_app().producer_or_acquire() as producer:
         for job in jobs:
             task = registered_task(job.task_name)
             assert task is not None  # claim() only claims registered tasks
+            if workflow.expired(job.options, now=now):
+                lifecycle.expire(job, now=now)
+                logger.warning("job %s: %s", job.pk, job.status_reason)
+                expired += 1
+                continue
+            # The same Celery call again (queueing/workflow.py): the original id and the rest of the call,
+            # plus the claim headers that fence this clone.
             headers: dict[str, Any] = {
+                **workflow.user_headers(job.options),
                 HEADER_JOB_ID: job.pk,
                 HEADER_CLAIM: str(job.claim_token),
                 HEADER_ORIGIN: job.origin_task_id,
@@ -109,9 +118,9 @@ def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
                 task.apply_async(
                     args=job.args,
                     kwargs=job.kwargs,
+                    **workflow.send_options(job.options),
                     task_id=(task_id := job.clone_task_id()),
                     queue=job.queue,
-                    priority=job.options.get("priority"),
                     headers=headers,
                     producer=producer,
                 )
@@ -131,7 +140,7 @@ def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
                 continue
             sent_ids.append(job.pk)
             logger.info("job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by)
-    return PublishResult(sent_ids=tuple(sent_ids), unsendable=unsendable, refused=refused)
+    return PublishResult(sent_ids=tuple(sent_ids), unsendable=unsendable, refused=refused, expired=expired)
 
 
 # --- the sweep ------------------------------------------------------------------------------------------

@@ -113,6 +113,13 @@ class QueueingSettings:
         minimum=10,
         help="stored exception message is cut to this many characters",
     )
+    record_failures_of: tuple[str, ...] = setting(
+        (),
+        key="RECORD_FAILURES_OF",
+        unit="",
+        help="name patterns (fnmatch; comma-separated in the environment) of tasks that are not `RetryableTask` "
+        "whose final failures are recorded and retried too (docs/workflows.md)",
+    )
     status_broker_timeout_seconds: float = setting(
         0.5,
         key="STATUS_BROKER_TIMEOUT_SECONDS",

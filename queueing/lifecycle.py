@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from django.db import transaction
 from django.db.models import F
 
 from queueing.exceptions import InvalidTransition
@@ -46,6 +47,17 @@ def _clear_claim(job: FailedJob) -> list[str]:
     for name, value in NO_CLAIM.items():
         setattr(job, name, value)
     return list(NO_CLAIM)
+
+
+def _given_up(job: FailedJob) -> None:
+    """The job ends ``dead`` or ``discarded`` with no call of it running: tell its workflow, after the commit.
+
+    (``models.py``, last paragraph.) A clone that fails for the last time re-raises instead, so ``fail``
+    never calls this.
+    """
+    from queueing import workflow
+
+    transaction.on_commit(lambda: workflow.fail_workflow(job))
 
 
 def retry_counter(claimed_by: str) -> str:
@@ -155,11 +167,23 @@ def give_back(job: FailedJob, *, now: datetime, reason: Reason | None, text: str
     return _unclaim(job, now=now, status=back_to, reason=reason, text=text, event=event, next_retry_at=due_at)
 
 
-def give_up(job: FailedJob, *, now: datetime, text: str) -> bool:
+def give_up(job: FailedJob, *, now: datetime, text: str, reason: Reason = Reason.UNSENDABLE) -> bool:
     """Step 3: a claimed job whose stored call can never be sent: ``dead`` (``unsendable``), the retry given back."""
-    return _unclaim(
-        job, now=now, status=Status.DEAD, reason=Reason.UNSENDABLE, text=text, dead_at=now, next_retry_at=None
-    )
+    was_dead = job.claimed_from == Status.DEAD  # then its workflow was told when it died
+    changed = _unclaim(job, now=now, status=Status.DEAD, reason=reason, text=text, dead_at=now, next_retry_at=None)
+    if changed and not was_dead:
+        _given_up(job)
+    return changed
+
+
+def expire(job: FailedJob, *, now: datetime) -> bool:
+    """Step 3: a claimed job whose call's own deadline (Celery's ``expires``) has passed: ``dead`` (``expired``).
+
+    Never sent: Celery would only revoke it on arrival. The retry is given back (it was never attempted).
+    """
+    deadline = (job.options or {}).get("expires", "?")
+    text = f"expired: the call's deadline ({deadline}) passed before it could be sent again; not re-sent"
+    return give_up(job, now=now, text=text, reason=Reason.EXPIRED)
 
 
 def _unclaim(
@@ -195,6 +219,8 @@ def mark_unregistered_dead(job: FailedJob, *, now: datetime) -> None:
     job.reason_code = Reason.UNREGISTERED_TASK
     job.add_event("dead", now, reason=job.status_reason)
     _save(job, fields)
+    if "dead_at" in fields:
+        _given_up(job)
 
 
 # --- steps 4, 5 and 6: the clone reports, or its lease runs out -----------------------------------------------
@@ -247,8 +273,11 @@ def use_up(job: FailedJob, *, now: datetime, policy: RetryPolicy) -> str:
     verdict = after_lost_clone(
         started_at=started, retry_count=job.retry_count, from_dead=job.claimed_from == Status.DEAD, policy=policy
     )
+    was_dead = job.claimed_from == Status.DEAD
     job.add_event("lease_expired", now, reason=verdict.text)
     _save(job, [*_settle(job, verdict, now=now), "history"])
+    if verdict.dead and not was_dead:
+        _given_up(job)
     return verdict.text
 
 
@@ -258,9 +287,12 @@ def use_up(job: FailedJob, *, now: datetime, policy: RetryPolicy) -> str:
 def discard(job: FailedJob, *, now: datetime, text: str) -> None:
     """Step 7: an operator gives up on a ``failed`` or ``dead`` job: ``discarded`` (final)."""
     _require(job, "discard", (Status.FAILED, Status.DEAD))
+    was_failed = job.status == Status.FAILED
     job.status, job.discarded_at = Status.DISCARDED, now
     _operator_reason(job, reason=Reason.OPERATOR_DISCARDED, text=text, now=now)
     _save(job, ["status", "discarded_at", "next_retry_at", "status_reason", "reason_code", "history"])
+    if was_failed:  # a dead job's workflow was told when it died
+        _given_up(job)
 
 
 def mark_dead(job: FailedJob, *, now: datetime, text: str) -> None:
@@ -269,6 +301,7 @@ def mark_dead(job: FailedJob, *, now: datetime, text: str) -> None:
     job.status, job.dead_at = Status.DEAD, now
     _operator_reason(job, reason=Reason.OPERATOR_MARKED_DEAD, text=text, now=now)
     _save(job, ["status", "dead_at", "next_retry_at", "status_reason", "reason_code", "history"])
+    _given_up(job)
 
 
 def _operator_reason(job: FailedJob, *, reason: Reason, text: str, now: datetime) -> None:

@@ -18,12 +18,14 @@ and raises ``InvalidTransition`` for a move this story does not allow. Where a f
    ``retry_count < MAX_RETRIES``: ``retrying``, ``retry_count + 1``, a fresh ``claim_token``,
    ``lease_expires_at = now + LEASE_SECONDS``, ``last_retried_at``. After the commit it sends each row as a
    fresh task call carrying the row id and the claim token in its headers. A row naming a task this
-   project does not register is marked ``dead`` with a ``status_reason``, never sent. A claimed row whose
-   stored call no longer fits its task is ``dead``; one the broker refuses goes back to where it was; both
-   give their retry back. An operator's retry (admin, API, ``retry_all_failed``) claims ``failed`` and
-   ``dead`` rows the same way but counts ``manual_retry_count`` instead: manual retries never use up the
-   automatic ones. [``claim``; ``mark_unregistered_dead``, reason ``unregistered_task``; ``give_up``, reason
-   ``unsendable``; ``give_back``, reason ``publish_failed``]
+   project does not register is marked ``dead`` with a ``status_reason``, never sent. The clone is the same
+   Celery call: the original task id and the rest of the call kept in ``options`` (``queueing/workflow.py``).
+   A claimed row whose call's own ``expires`` has passed, or whose stored call no longer fits its task, is
+   ``dead``, never sent; one the broker refuses goes back to where it was; all three give their retry back.
+   An operator's retry (admin, API, ``retry_all_failed``) claims ``failed`` and ``dead`` rows the same way
+   but counts ``manual_retry_count`` instead: manual retries never use up the automatic ones. [``claim``;
+   ``mark_unregistered_dead``, reason ``unregistered_task``; ``expire``, reason ``expired``; ``give_up``,
+   reason ``unsendable``; ``give_back``, reason ``publish_failed``]
 4. The clone starts: if the row is still ``retrying`` under its claim token, the lease is renewed
    (``retry_started_at``, ``lease_expires_at = now + LEASE_SECONDS``); if not, the delivery is stale and
    the clone does nothing. The clone has its own immediate retries (step 1). [``start_clone``]
@@ -39,11 +41,15 @@ and raises ``InvalidTransition`` for a move this story does not allow. Where a f
 7. An operator can discard a ``failed`` or ``dead`` job (``discarded``, ``discarded_at``) or mark a
    ``failed`` one dead; ``resolved`` and ``discarded`` are final. [``discard``, reason
    ``operator_discarded``; ``mark_dead``, reason ``operator_marked_dead``]
+
+For the workflow the call belongs to (chain, callbacks, chord, ``AsyncResult``; ``docs/workflows.md``) a job
+in ``failed`` or ``retrying`` is pending. A job that ends ``dead`` or ``discarded`` while no call of it is
+running is given up by its verb, which tells the workflow after the commit (``workflow.fail_workflow``);
+a clone that fails for the last time re-raises instead, and Celery tells the workflow in the worker.
 """
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -105,6 +111,7 @@ class FailedJob(models.Model):
         )
         OPERATOR_DISCARDED = policy.Reason.OPERATOR_DISCARDED.value, "Discarded by an operator"
         OPERATOR_MARKED_DEAD = policy.Reason.OPERATOR_MARKED_DEAD.value, "Marked dead by an operator"
+        EXPIRED = policy.Reason.EXPIRED.value, "Expired"
 
     class ClaimedBy(models.TextChoices):
         SWEEP = "sweep", "Automatic sweep"
@@ -115,7 +122,12 @@ class FailedJob(models.Model):
     queue = models.CharField(max_length=200)
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)
-    options = models.JSONField(default=dict, blank=True, help_text="Routing options used to re-send the call.")
+    options = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The rest of the call, as JSON (workflow, ids, expiry, limits, routing, headers): "
+        "sent again with it (queueing/workflow.py).",
+    )
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.FAILED)
     status_reason = models.TextField(blank=True, help_text="Why the system put the job in its state.")
@@ -189,10 +201,12 @@ class FailedJob(models.Model):
         self.history = [*self.history, entry][-HISTORY_MAX_EVENTS:]
 
     def clone_task_id(self) -> str:
-        """The task id of the clone sent under the current claim (stable: linkable before it runs)."""
-        if self.claim_token is None:
-            return self.latest_task_id
-        return str(uuid.uuid5(self.claim_token, str(self.pk)))
+        """The task id a clone is sent under: the original call's, as Celery's own retries keep it.
+
+        So the result, the chain, the chord and ``AsyncResult(origin_task_id)`` follow the job
+        (``queueing/workflow.py``); clones are told apart by their claim headers, never by their id.
+        """
+        return self.origin_task_id
 
 
 class AutoRetryConfig(models.Model):

@@ -53,6 +53,8 @@ class Reason(StrEnum):
     """Discarded by an operator."""
     OPERATOR_MARKED_DEAD = "operator_marked_dead"
     """Marked dead by an operator."""
+    EXPIRED = "expired"
+    """Dead: the call's own deadline (Celery's ``expires``) passed before it could be sent again."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -41,6 +41,8 @@ class Failure:
     permanent: bool = False
     job_id: int | None = None
     claim_token: str | None = None
+    #: The failing call left its workflow pending (``RetryableTask.__call__`` ended it with ``Ignore``).
+    pending: bool = False
 
     @classmethod
     def from_exception(cls, exc: BaseException, *, traceback: str, **fields: Any) -> Failure:
@@ -108,6 +110,19 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
         job.exception_class,
     )
     return job
+
+
+def given_up_now(job: FailedJob | None) -> bool:
+    """Whether a failure just recorded gave the job up, so that its workflow must now be told.
+
+    Not for a stale clone (``None``: whoever holds the row decides), a job still to be retried, or a dead
+    job an operator retried (its workflow was told when it first died).
+    """
+    return (
+        job is not None
+        and job.status == Status.DEAD
+        and job.reason_code != FailedJob.Reason.FAILED_AFTER_OPERATOR_RETRY
+    )
 
 
 def _new_job(failure: Failure, *, now: datetime) -> FailedJob:

@@ -69,10 +69,15 @@ def _count_success(sender: Any = None, **_: Any) -> None:
 
 @task_failure.connect
 def _count_failure(sender: Any = None, **_: Any) -> None:
+    if getattr(sender, "record_failures", False):
+        count_recorded_failure(sender)
+
+
+def count_recorded_failure(task: Any) -> None:
+    """Count a final failure; ``RetryableTask`` calls it for one it ends with ``Ignore`` (no ``task_failure``)."""
     from queueing import status
 
-    if getattr(sender, "record_failures", False):
-        status.count("failed", _queue_of(sender))
+    status.count("failed", _queue_of(task))
 
 
 @after_task_publish.connect

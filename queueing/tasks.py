@@ -6,16 +6,18 @@ Tasks stay thin: they take plain JSON values and let this base class handle retr
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
+from traceback import format_exc
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.signals import task_failure
 from django.db import DatabaseError
 
-from queueing import backoff, claims, recording
+from queueing import backoff, claims, recording, signals, workflow
 from queueing.conf import get_settings
 from queueing.exceptions import PermanentError
 from queueing.registry import HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, message_header
@@ -61,15 +63,11 @@ class RetryableTask(Task):
     # --- the clone's side of the claim (models.py, steps 4 and 5) -------------------------------------
 
     def _claim_headers(self) -> tuple[int, str] | None:
-        job_id, claim = (
-            message_header(self.request, HEADER_JOB_ID),
-            message_header(self.request, HEADER_CLAIM),
-        )
-        return (int(job_id), str(claim)) if job_id is not None and claim else None
+        return claim_headers(self.request)
 
     def origin_task_id(self) -> str:
         """The original call's id: the logical job's id, the same for every retry (an idempotency key)."""
-        return str(message_header(self.request, HEADER_ORIGIN) or self.request.id)
+        return origin_task_id(self.request)
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         if (claim := self._claim_headers()) is None:
@@ -79,41 +77,108 @@ class RetryableTask(Task):
             logger.warning("job %s: retry %s is stale (claim gone); not run", job_id, task_id)
             raise Ignore()
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the call; a final failure is recorded here, before Celery tells the workflow about it.
+
+        A job the system will retry is pending for its workflow (``docs/workflows.md``): the call ends with
+        ``Ignore`` (no FAILURE stored, no error callbacks, no chord error, the chain waits). A job given up
+        now re-raises, and Celery tells the workflow as for any failure.
+        """
+        try:
+            return super().__call__(*args, **kwargs)
+        except (Ignore, Reject, Retry):
+            raise
+        except Exception as exc:
+            if self.request.called_directly or not self.record_failures:
+                raise
+            self.request.update(queueing_recorded=True)  # on_failure, which Celery calls next, does not record again
+            failure = failure_of(self, exc, traceback=format_exc(), args=args, kwargs=kwargs, pending=True)
+            if record(failure) is Outcome.PENDING:
+                signals.count_recorded_failure(self)
+                raise Ignore() from exc
+            raise
+
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         if (claim := self._claim_headers()) is not None:
             recording.record_success(job_id=claim[0], claim_token=claim[1], task_id=task_id)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        if not self.record_failures:
+        """A failure ``__call__`` did not see (``before_start``, a lost worker process): record it."""
+        if not self.record_failures or self.request.get("queueing_recorded"):
             return
-        claim = self._claim_headers()
-        delivery = self.request.delivery_info or {}
-        failure = recording.Failure.from_exception(
-            exc,
-            traceback=str(getattr(einfo, "traceback", "") or ""),
-            task_name=self.name,
-            task_id=task_id,
-            origin_task_id=self.origin_task_id(),
-            queue=delivery.get("routing_key") or getattr(self, "queue", None) or self.app.conf.task_default_queue,
-            args=list(args or ()),
-            kwargs=dict(kwargs or {}),
-            options={k: v for k, v in {"priority": delivery.get("priority")}.items() if v is not None},
-            attempts=self.request.retries + 1,
-            permanent=isinstance(exc, PermanentError),
-            job_id=claim[0] if claim else None,
-            claim_token=claim[1] if claim else None,
-        )
+        traceback = str(getattr(einfo, "traceback", "") or "")
+        record(failure_of(self, exc, traceback=traceback, args=args, kwargs=kwargs, task_id=task_id, pending=False))
+
+
+def claim_headers(request: Any) -> tuple[int, str] | None:
+    """The row id and claim token a clone carries (``claims.publish``), or ``None`` for an original call."""
+    job_id, claim = message_header(request, HEADER_JOB_ID), message_header(request, HEADER_CLAIM)
+    return (int(job_id), str(claim)) if job_id is not None and claim else None
+
+
+def origin_task_id(request: Any) -> str:
+    """The original call's id: the one a clone carries in its headers, else the running call's own."""
+    return str(message_header(request, HEADER_ORIGIN) or request.id)
+
+
+def failure_of(
+    task: Task,
+    exc: BaseException,
+    *,
+    traceback: str,
+    args: Any,
+    kwargs: Any,
+    pending: bool,
+    task_id: str | None = None,
+) -> recording.Failure:
+    """What the running call of ``task`` knows about its final failure (any task class: ``coverage.py``).
+
+    ``pending``: the call leaves its workflow pending (it will end with ``Ignore``), so the recorder must
+    tell the workflow if this failure gives the job up.
+    """
+    request = task.request
+    claim = claim_headers(request)
+    delivery = request.delivery_info or {}
+    return recording.Failure.from_exception(
+        exc,
+        traceback=traceback,
+        task_name=task.name,
+        task_id=task_id or request.id,
+        origin_task_id=origin_task_id(request),
+        queue=delivery.get("routing_key") or getattr(task, "queue", None) or task.app.conf.task_default_queue,
+        args=list(args or ()),
+        kwargs=dict(kwargs or {}),
+        options=workflow.capture_call(task, request),
+        attempts=(request.retries or 0) + 1,
+        permanent=isinstance(exc, PermanentError),
+        job_id=claim[0] if claim else None,
+        claim_token=claim[1] if claim else None,
+        pending=pending,
+    )
+
+
+class Outcome(enum.Enum):
+    """What recording a final failure means for the call's workflow."""
+
+    PENDING = "pending"  # the job will be retried (or another process will write it): the workflow waits
+    GIVEN_UP = "given_up"  # the job is given up now: the failing call tells the workflow (Celery does)
+
+
+def record(failure: recording.Failure) -> Outcome:
+    """Write a final failure; if the database is down, hand it to the broker (``record_failed_job``)."""
+    try:
+        job = recording.record_failure(failure)
+    except DatabaseError as exc:
+        # The database is unreachable: let the broker hold the failure until it can be written.
+        logger.error("job %s: database unreachable (%r); recording it later", failure.origin_task_id, exc)
         try:
-            recording.record_failure(failure)
-        except DatabaseError as exc:
-            # The database is unreachable: let the broker hold the failure until it can be written.
-            logger.error("job %s: database unreachable (%r); recording it later", failure.origin_task_id, exc)
-            try:
-                record_failed_job.delay(dataclasses.asdict(failure))
-            except Exception:
-                # Neither database nor broker: the failure must not vanish without a trace.
-                logger.exception("could not record failed job; its payload follows so it can be re-sent: %r", failure)
-                raise
+            record_failed_job.delay(dataclasses.asdict(failure))
+        except Exception:
+            # Neither database nor broker: the failure must not vanish without a trace.
+            logger.exception("could not record failed job; its payload follows so it can be re-sent: %r", failure)
+            raise
+        return Outcome.PENDING
+    return Outcome.GIVEN_UP if recording.given_up_now(job) else Outcome.PENDING
 
 
 @task_failure.connect
@@ -152,8 +217,12 @@ def record_failed_job(failure: dict[str, Any]) -> None:
 
     Delivered twice, it still makes one row: the row is keyed by the original call's id, and a retry's row
     is fenced by its claim token.
+    A failure whose call left its workflow pending, and that now gives the job up, tells the workflow.
     """
-    recording.record_failure(recording.Failure(**failure))
+    job = recording.record_failure(recording.Failure(**failure))
+    if failure.get("pending") and recording.given_up_now(job):
+        assert job is not None
+        workflow.fail_workflow(job)
 
 
 @shared_task(
