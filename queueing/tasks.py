@@ -69,13 +69,16 @@ class RetryableTask(Task):
         """The original call's id: the logical job's id, the same for every retry (an idempotency key)."""
         return origin_task_id(self.request)
 
+    # The handlers below call ``super()``, so that a task whose own base class comes after this one
+    # (``class MyTask(RetryableTask, OwnBase)``, ``queueing/coverage.py``) keeps its own handlers too.
+
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        if (claim := self._claim_headers()) is None:
-            return
-        job_id, token = claim
-        if not recording.start_clone(job_id=job_id, claim_token=token, task_id=task_id):
-            logger.warning("job %s: retry %s is stale (claim gone); not run", job_id, task_id)
-            raise Ignore()
+        if (claim := self._claim_headers()) is not None:
+            job_id, token = claim
+            if not recording.start_clone(job_id=job_id, claim_token=token, task_id=task_id):
+                logger.warning("job %s: retry %s is stale (claim gone); not run", job_id, task_id)
+                raise Ignore()
+        super().before_start(task_id, args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the call; a final failure is recorded here, before Celery tells the workflow about it.
@@ -91,7 +94,8 @@ class RetryableTask(Task):
         except Exception as exc:
             if self.request.called_directly or not self.record_failures:
                 raise
-            self.request.update(queueing_recorded=True)  # on_failure, which Celery calls next, does not record again
+            # on_failure, which Celery calls next for a job given up now, does not record it again
+            self.request.update(queueing_recorded=True)
             failure = failure_of(self, exc, traceback=format_exc(), args=args, kwargs=kwargs, pending=True)
             if record(failure) is Outcome.PENDING:
                 signals.count_recorded_failure(self)
@@ -101,13 +105,17 @@ class RetryableTask(Task):
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         if (claim := self._claim_headers()) is not None:
             recording.record_success(job_id=claim[0], claim_token=claim[1], task_id=task_id)
+        super().on_success(retval, task_id, args, kwargs)
 
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """A failure ``__call__`` did not see (``before_start``, a lost worker process): record it."""
-        if not self.record_failures or self.request.get("queueing_recorded"):
-            return
-        traceback = str(getattr(einfo, "traceback", "") or "")
-        record(failure_of(self, exc, traceback=traceback, args=args, kwargs=kwargs, task_id=task_id, pending=False))
+        if self.record_failures and not self.request.get("queueing_recorded"):
+            traceback = str(getattr(einfo, "traceback", "") or "")
+            failure = failure_of(
+                self, exc, traceback=traceback, args=args, kwargs=kwargs, task_id=task_id, pending=False
+            )
+            record(failure)
+        super().on_failure(exc, task_id, args, kwargs, einfo)
 
 
 def claim_headers(request: Any) -> tuple[int, str] | None:
