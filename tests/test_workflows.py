@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from celery import Celery, chain, chord
+from celery import Celery, chain, chord, group
 from celery.result import AsyncResult
 from django.conf import settings
 from django.utils import timezone
@@ -167,6 +167,45 @@ def test_a_chord_whose_header_task_fails_and_is_retried_fires_its_body_once(
     _quiet()
     assert _list(f"bodies:{key}") == ["['a', 'b']"]
     assert _row(flaky_id).status == Status.RESOLVED
+
+
+def test_a_chord_whose_header_task_is_given_up_errors_without_running_its_body(
+    results: Celery, celery_worker: Any, outage: Any
+) -> None:
+    key = _key()
+    flaky_id = str(uuid.uuid4())
+    outage.start(key, "b")
+    header = [wt.step.si(key, "a"), wt.step.si(key, "b").set(task_id=flaky_id)]
+    body = chord(header, wt.collect.s(key).on_error(wt.note_error.s(key))).apply_async()
+    job = _settled(flaky_id, retry_count=0, status=Status.FAILED)
+    _quiet()
+    assert not body.ready()
+
+    # When an operator gives the header task up
+    operations.discard(ids=[job.pk])
+
+    # Then the chord errors: its body never runs, its error callback runs once
+    wait_for(lambda: _list(f"errors:{key}"), what="the chord's error callback")
+    assert body.state == "FAILURE"
+    _quiet()
+    assert _list(f"bodies:{key}") == []
+    assert _list(f"errors:{key}") == [body.id]
+
+
+def test_a_group_waits_for_its_retried_member_and_gets_every_result(
+    results: Celery, celery_worker: Any, outage: Any
+) -> None:
+    key = _key()
+    outage.start(key, "b")
+    members = group(wt.step.si(key, "a"), wt.step.si(key, "b")).apply_async()
+    flaky_id = members.results[1].id
+    _settled(flaky_id, retry_count=0, status=Status.FAILED)
+    assert not members.ready()
+
+    outage.end(key, "b")
+    assert claims.sweep().sent == 1
+
+    assert members.get(timeout=20) == ["a", "b"]
 
 
 # --- error callbacks ---------------------------------------------------------------------------------------

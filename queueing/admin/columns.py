@@ -106,6 +106,11 @@ class FailedJobColumns:
     @admin.display(description="latest call")
     def latest_task(self, obj: FailedJob) -> SafeString | str:
         latest = obj.clone_task_id()
+        if latest == obj.origin_task_id and (obj.retry_count or obj.manual_retry_count):
+            # A retry is the same Celery call: it keeps the task id (docs/workflows.md).
+            return format_html(
+                "{} (a retry keeps the original id; Flower shows its latest run)", display.task_link(latest)
+            )
         if not latest or latest == obj.origin_task_id:
             return "the original call (not retried yet)"
         return display.task_link(latest)
