@@ -210,7 +210,7 @@ class Setting:
         if isinstance(value, float):
             return f"{value:g}"
         if isinstance(value, tuple):
-            return ",".join(value)
+            return ",".join(value) or "empty"
         return str(value) if value != "" else "empty"
 
 

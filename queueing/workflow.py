@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
+from celery.app import task as celery_task
 from celery.app.task import Context
 from django.utils.dateparse import parse_datetime
 
@@ -72,7 +73,8 @@ def capture_call(task: Task, request: Context) -> dict[str, Any]:
     call["priority"] = delivery.get("priority")
     call["exchange"] = delivery.get("exchange") or None
     call["routing_key"] = delivery.get("routing_key")
-    call["ignore_result"] = _ignore_result(task, request)
+    # The call's own choice, else the task's (Celery's rule; the stubs do not know the function yet).
+    call["ignore_result"] = bool(celery_task.get_actual_ignore_result(task, request))  # type: ignore[attr-defined]
     headers = {k: v for k, v in (execution.get("headers") or {}).items() if not str(k).startswith(OWN_HEADER_PREFIX)}
     call["headers"] = headers or None
     kept: dict[str, Any] = {}
@@ -88,12 +90,6 @@ def capture_call(task: Task, request: Context) -> dict[str, Any]:
         logger.warning("task %s[%s]: %s not JSON; a re-send goes without", task.name, request.id, dropped)
         kept["dropped"] = dropped
     return kept
-
-
-def _ignore_result(task: Task, request: Context) -> bool:
-    # The per-call ``ignore_result`` (a message header) wins over the task's (Celery's own rule).
-    per_call = request.get("ignore_result")
-    return bool(task.ignore_result if per_call is None else per_call)
 
 
 def send_options(options: dict[str, Any]) -> dict[str, Any]:
