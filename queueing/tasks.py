@@ -98,6 +98,14 @@ class RetryableTask(Task):
             self.request.update(queueing_recorded=True)
             failure = failure_of(self, exc, traceback=format_exc(), args=args, kwargs=kwargs, pending=True)
             if record(failure) is Outcome.PENDING:
+                # Celery logs an ignored call at INFO only: a final failure is still an error to the operator.
+                logger.error(
+                    "Task %s[%s] raised unexpected: %r (recorded; retried later, its workflow waits)",
+                    self.name,
+                    self.request.id,
+                    exc,
+                    exc_info=True,
+                )
                 signals.count_recorded_failure(self)
                 raise Ignore() from exc
             raise
