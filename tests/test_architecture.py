@@ -12,11 +12,11 @@ from tests.conftest import ROOT
 #: Lowest first, as in docs/architecture.md. A package stands for all its modules.
 LAYERS: list[set[str]] = [
     {"policy", "backoff"},
-    {"models", "registry", "autoretry", "conf", "http", "exceptions", "migrations"},
+    {"models", "registry", "autoretry", "conf", "http", "exceptions", "migrations", "workflow"},
     {"lifecycle"},
     {"operations", "claims", "recording", "schedule"},
     {"status", "alerts"},
-    {"admin", "api", "metrics", "management", "retry", "tasks", "signals", "apps"},
+    {"admin", "api", "metrics", "management", "retry", "tasks", "signals", "apps", "coverage"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 
