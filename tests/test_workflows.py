@@ -208,6 +208,31 @@ def test_a_group_waits_for_its_retried_member_and_gets_every_result(
     assert members.get(timeout=20) == ["a", "b"]
 
 
+# --- callbacks ---------------------------------------------------------------------------------------------
+
+
+def test_a_callback_runs_once_after_the_recovery_never_while_the_job_is_pending(
+    results: Celery, celery_worker: Any, outage: Any
+) -> None:
+    key = _key()
+    outage.start(key, "send")
+    # Given a call with a callback (link), to a service that is down
+    origin = wt.step.apply_async((key, "send"), link=wt.step.si(key, "callback"))
+    job = _settled(origin.id, retry_count=0, status=Status.FAILED)
+    assert job.options["link"]
+    _quiet()
+    assert _list(f"steps:{key}") == []
+
+    # When the service is back and the sweep re-sends the call
+    outage.end(key, "send")
+    assert claims.sweep().sent == 1
+
+    # Then the callback runs once, after the call
+    wait_for(lambda: len(_list(f"steps:{key}")) == 2, what="the call and its callback")
+    _quiet()
+    assert _list(f"steps:{key}") == ["send", "callback"]
+
+
 # --- error callbacks ---------------------------------------------------------------------------------------
 
 
