@@ -151,3 +151,64 @@ def test_the_failure_context_is_the_original_request(make_failed_job: Any) -> No
     assert context.id == job.origin_task_id and context.group == "group-1" and context.chord == STORED["chord"]
     assert context.errbacks == STORED["link_error"] and context.chain == STORED["chain"]
     assert type(exc).__name__ == "GatewayDown" and str(exc) == "boom"
+
+
+# --- the failure side of a job given up while no call of it runs ---------------------------------------------
+
+#: A stored call with only an error callback: telling its workflow publishes the callback, nothing else.
+WITH_ERRBACK: dict[str, Any] = {"link_error": STORED["link_error"]}
+
+
+def _errbacks(published: list[dict[str, Any]]) -> list[list[Any]]:
+    """The error callbacks sent: their args (the failed task's id first)."""
+    return [list(m["body"][0]) for m in published if m["headers"]["task"] == "tests.workflow_tasks.note_error"]
+
+
+def test_a_job_whose_last_retry_vanished_tells_its_workflow_once(
+    make_failed_job: Any, published: list[dict[str, Any]], now: datetime
+) -> None:
+    import uuid
+
+    # Given a job on its last automatic retry, whose clone started and never reported back
+    job = make_failed_job(
+        status=Status.RETRYING,
+        claim_token=uuid.uuid4(),
+        claimed_by=FailedJob.ClaimedBy.SWEEP,
+        claimed_from=Status.FAILED,
+        retry_count=3,
+        retry_started_at=now - timedelta(hours=1),
+        lease_expires_at=now - timedelta(seconds=1),
+        options=WITH_ERRBACK,
+    )
+
+    claims.sweep(now=now)
+
+    job.refresh_from_db()
+    assert job.status == Status.DEAD
+    assert _errbacks(published) == [[job.origin_task_id, "k"]]
+    assert claims.sweep(now=now).sent == 0
+    assert len(_errbacks(published)) == 1
+
+
+def test_marking_a_failed_job_dead_tells_its_workflow_and_discarding_it_then_does_not_again(
+    make_failed_job: Any, published: list[dict[str, Any]]
+) -> None:
+    from queueing import operations
+
+    job = make_failed_job(options=WITH_ERRBACK)
+
+    operations.mark_dead(ids=[job.pk])
+    operations.discard(ids=[job.pk])
+
+    assert _errbacks(published) == [[job.origin_task_id, "k"]]
+
+
+def test_a_job_still_to_be_retried_tells_its_workflow_nothing(
+    make_failed_job: Any, published: list[dict[str, Any]], now: datetime
+) -> None:
+    job = make_failed_job(task_name="tests.workflow_tasks.step", args=["k", "x"], options=WITH_ERRBACK)
+
+    claims.sweep(now=now)
+
+    assert _errbacks(published) == []
+    assert [m["headers"]["id"] for m in published] == [job.origin_task_id]
