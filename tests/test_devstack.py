@@ -245,6 +245,20 @@ def test_a_redis_url_with_a_password_is_printed_without_it() -> None:
     assert devstack.without_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
+def answered(client: socket.socket, *, redis: bool = False) -> bytes:
+    """One request the server answers, read to its end (a socket closed with unread data sends a reset, and a reset
+    ends the peer's TIME-WAIT). An HTTP server is asked to close the connection after its answer, Redis to PING."""
+    client.settimeout(20)
+    if redis:
+        client.sendall(b"PING\r\n")
+        return client.recv(64)  # "+PONG\r\n", all of it
+    client.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    answer = b""
+    while chunk := client.recv(65536):
+        answer += chunk
+    return answer
+
+
 def time_wait_ports() -> set[int]:
     """Local TCP ports of this machine that have a socket in TIME-WAIT (state 06 in /proc/net/tcp*)."""
     ports = set()
@@ -307,17 +321,19 @@ def test_the_stack_starts_again_at_once_on_the_same_ports_after_it_stopped(tmp_p
         ready(process, output, servers)
         assert f"embedded Redis answers at redis://127.0.0.1:{redis_port}/0" in output.text()
         clients = [socket.create_connection(("127.0.0.1", port)) for port in (*servers.values(), redis_port)]
+        for client in clients:
+            # accepted and served, not left in the listen backlog (a listener closing on that sends a reset)
+            assert answered(client, redis=client.getpeername()[1] == redis_port), client.getpeername()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, output.text()
     for client in clients:
         client.close()
     # (what Ctrl-C leaves: the servers' side of those connections waits in TIME-WAIT for up to a minute)
-    lingering = poll(
+    poll(
         lambda: {web, gateway, flower, redis_port} <= time_wait_ports(),
         deadline_seconds=5,
-        what="TIME-WAIT sockets on the stack's ports",
+        what=f"TIME-WAIT sockets on the stack's ports {servers} and Redis's {redis_port}",
     )
-    assert lingering
 
     # When it is started again at once, on the same ports
     with running_stack(tmp_path, servers, redis_port=redis_port) as (process, output):
