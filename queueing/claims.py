@@ -23,7 +23,14 @@ from queueing.autoretry import current_policy
 from queueing.conf import get_settings
 from queueing.models import FailedJob, FailedJobQuerySet
 from queueing.policy import RetryPolicy
-from queueing.registry import HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, celery_app, registered_task
+from queueing.registry import (
+    HEADER_CANARY,
+    HEADER_CLAIM,
+    HEADER_JOB_ID,
+    HEADER_ORIGIN,
+    celery_app,
+    registered_task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +63,28 @@ def mark_unknown_tasks_dead(candidates: FailedJobQuerySet, *, now: datetime, lim
     return len(jobs)
 
 
-def claim(candidates: FailedJobQuerySet, *, now: datetime, claimed_by: str, limit: int) -> list[FailedJob]:
-    """Claim up to ``limit`` of ``candidates`` whose task is registered, exclusively. Returns the claimed rows."""
-    token = uuid.uuid4()
+#: The order jobs are claimed in: the longest due first.
+DUE_ORDER = ("next_retry_at", "id")
+
+
+def claim(
+    candidates: FailedJobQuerySet,
+    *,
+    now: datetime,
+    claimed_by: str,
+    limit: int,
+    token: uuid.UUID | None = None,
+    order: tuple[str, ...] = DUE_ORDER,
+) -> list[FailedJob]:
+    """Claim up to ``limit`` of ``candidates`` whose task is registered, exclusively. Returns the claimed rows.
+
+    ``token``: the claim token to use (a probe's canaries share their group's); a fresh one by default.
+    """
+    token = token or uuid.uuid4()
     with transaction.atomic():
         ids_query = (
             candidates.filter(task_name__in=set(celery_app().tasks.keys()))
-            .order_by("next_retry_at", "id")
+            .order_by(*order)
             .values_list("id", flat=True)
         )
         if connection.features.has_select_for_update_skip_locked:
@@ -93,8 +115,12 @@ class PublishResult:
         return len(self.sent_ids)
 
 
-def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
-    """Send each claimed job as a fresh task call, over one broker connection."""
+def publish(jobs: Iterable[FailedJob], *, now: datetime, canary_tokens: frozenset[str] = frozenset()) -> PublishResult:
+    """Send each claimed job as a fresh task call, over one broker connection.
+
+    A job claimed under one of ``canary_tokens`` is a canary: its call carries ``HEADER_CANARY`` and makes one
+    attempt, without immediate retries (a probe asks once).
+    """
     sent_ids: list[int] = []
     unsendable = refused = expired = 0
     with celery_app().producer_or_acquire() as producer:
@@ -114,6 +140,8 @@ def publish(jobs: Iterable[FailedJob], *, now: datetime) -> PublishResult:
                 HEADER_CLAIM: str(job.claim_token),
                 HEADER_ORIGIN: job.origin_task_id,
             }
+            if str(job.claim_token) in canary_tokens:
+                headers[HEADER_CANARY] = True
             try:
                 task.apply_async(
                     args=job.args,
@@ -152,6 +180,7 @@ class SweepResult:
     claimed: int
     sent: int
     unknown: int
+    too_old: int = 0
 
 
 def sweep(*, now: datetime | None = None, batch_size: int | None = None) -> SweepResult:
@@ -161,12 +190,15 @@ def sweep(*, now: datetime | None = None, batch_size: int | None = None) -> Swee
     limit = batch_size or get_settings().batch_size
     policy = current_policy()
     recovered = _recover_expired_leases(now=now, policy=policy, limit=limit)
+    from queueing import gate  # what may be claimed: pauses and breakers (it builds on this module)
+
+    too_old = gate.expire_too_old(now=now, limit=limit)
     due = FailedJob.objects.due(now, max_retries=policy.max_retries)
     unknown = mark_unknown_tasks_dead(due, now=now, limit=limit)
-    claimed = claim(due, now=now, claimed_by=ClaimedBy.SWEEP, limit=limit)
-    sent = publish(claimed, now=now).sent
-    result = SweepResult(recovered=recovered, claimed=len(claimed), sent=sent, unknown=unknown)
-    if recovered or claimed or unknown:
+    claimed = gate.claim_due(due, now=now, limit=limit, policy=policy)
+    sent = publish(claimed.jobs, now=now, canary_tokens=claimed.canary_tokens).sent
+    result = SweepResult(recovered=recovered, claimed=len(claimed.jobs), sent=sent, unknown=unknown, too_old=too_old)
+    if recovered or claimed.jobs or unknown or too_old:
         logger.info("sweep: %s", result)
     return result
 

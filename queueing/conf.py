@@ -183,6 +183,39 @@ class QueueingSettings:
         minimum=0.01,
         help="seconds one webhook POST may take",
     )
+    max_age_seconds: float = setting(
+        86_400.0,
+        key="MAX_AGE",
+        unit="seconds",
+        minimum=0,
+        help="seconds after its first failure a job still failing is `dead` (`max_age_exceeded`); 0: no limit",
+    )
+    breaker_enabled: bool = setting(
+        True,
+        key="BREAKER_ENABLED",
+        unit="",
+        help="probe before flooding: while a failure group fails, the sweep sends a few canaries, not the whole group",
+    )
+    breaker_canaries: int = setting(
+        3, key="BREAKER_CANARIES", unit="jobs", minimum=1, help="jobs one probe of a failing group sends"
+    )
+    breaker_max_delay_seconds: float = setting(
+        3_600.0,
+        key="BREAKER_MAX_DELAY",
+        unit="seconds",
+        minimum=0,
+        help="cap of a failing group's delay between probes (it doubles from RETRY_DELAY)",
+    )
+    breaker_first_wave: int = setting(
+        10, key="BREAKER_FIRST_WAVE", unit="jobs", minimum=1, help="jobs the first wave after a successful probe sends"
+    )
+    breaker_wave_growth: int = setting(
+        5,
+        key="BREAKER_WAVE_GROWTH",
+        unit="times",
+        minimum=1,
+        help="each wave sends this many times the one before (one wave per CHECK_INTERVAL)",
+    )
 
 
 @dataclass(frozen=True)

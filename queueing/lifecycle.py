@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F
 
 from queueing.exceptions import InvalidTransition
-from queueing.models import FailedJob, FailedJobQuerySet
+from queueing.models import FailedJob, FailedJobQuerySet, FailureGroup
 from queueing.policy import RetryPolicy, Verdict, after_failure, after_lost_clone
 
 Status = FailedJob.Status
@@ -79,14 +79,17 @@ def fail(
     permanent: bool,
     policy: RetryPolicy,
     now: datetime,
+    group: FailureGroup | None = None,
 ) -> None:
     """Steps 2 and 5: write a final failure on a new row (inserted whole) or on the same row, then settle it.
 
     An existing row must be ``failed`` or ``dead`` (its original call failed again) or ``retrying`` (a clone
-    under its claim, which the caller checked).
+    under its claim, which the caller checked). ``group``: the failure's group (its cause), if known.
     """
     if job.pk is not None:
         _require(job, "record a failure of", (Status.FAILED, Status.DEAD, Status.RETRYING))
+    if group is not None:
+        job.group = group
     job.exception_class = exception_class
     job.exception_message = exception_message
     job.traceback = traceback
@@ -104,7 +107,7 @@ def fail(
         job.save()
         return
     written = ["exception_class", "exception_message", "traceback", "attempts", "last_failed_at", "latest_task_id"]
-    _save(job, [*written, "history", *settled])
+    _save(job, [*written, "history", "group", *settled])
 
 
 def _settle(job: FailedJob, verdict: Verdict, *, now: datetime) -> list[str]:
@@ -279,6 +282,20 @@ def use_up(job: FailedJob, *, now: datetime, policy: RetryPolicy) -> str:
     if verdict.dead and not was_dead:
         _given_up(job)
     return verdict.text
+
+
+def expire_age(job: FailedJob, *, now: datetime, max_age_seconds: float) -> None:
+    """Step 3: a ``failed`` job still failing ``MAX_AGE`` after its first failure: ``dead`` (``max_age_exceeded``).
+
+    Its group may have kept it waiting (``queueing/breaker.py``): a job still does not wait forever.
+    """
+    _require(job, "expire the age of", (Status.FAILED,))
+    hours = max_age_seconds / 3600
+    text = f"still failing {hours:g} h after its first failure ({job.first_failed_at.isoformat()}): MAX_AGE reached"
+    job.status, job.dead_at, job.next_retry_at = Status.DEAD, now, None
+    job.status_reason, job.reason_code = text, Reason.MAX_AGE_EXCEEDED
+    job.add_event("dead", now, reason=text)
+    _save(job, ["status", "dead_at", "next_retry_at", "status_reason", "reason_code", "history"])
 
 
 # --- step 7: operators -----------------------------------------------------------------------------------

@@ -50,13 +50,13 @@ a clone that fails for the last time re-raises instead, and Celery tells the wor
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import models
 from django.db.models import Q
 
-from queueing import policy
+from queueing import breaker, policy
 
 #: Most events kept in ``FailedJob.history``.
 HISTORY_MAX_EVENTS = 50
@@ -77,6 +77,16 @@ class FailedJobQuerySet(models.QuerySet["FailedJob"]):
 
     def in_queue(self, queue: str | None) -> FailedJobQuerySet:
         return self if queue is None else self.filter(queue=queue)
+
+    def in_group(self, group: int | None) -> FailedJobQuerySet:
+        return self if group is None else self.filter(group_id=group)
+
+    def too_old(self, now: datetime, *, max_age_seconds: float) -> FailedJobQuerySet:
+        """Failed jobs first seen failing ``max_age_seconds`` ago or more (none when it is 0: no limit)."""
+        if max_age_seconds <= 0:
+            return self.none()
+        oldest = now - timedelta(seconds=max_age_seconds)
+        return self.filter(status=FailedJob.Status.FAILED, first_failed_at__lte=oldest)
 
 
 class FailedJob(models.Model):
@@ -112,6 +122,7 @@ class FailedJob(models.Model):
         OPERATOR_DISCARDED = policy.Reason.OPERATOR_DISCARDED.value, "Discarded by an operator"
         OPERATOR_MARKED_DEAD = policy.Reason.OPERATOR_MARKED_DEAD.value, "Marked dead by an operator"
         EXPIRED = policy.Reason.EXPIRED.value, "Expired"
+        MAX_AGE_EXCEEDED = policy.Reason.MAX_AGE_EXCEEDED.value, "Too old (MAX_AGE)"
 
     class ClaimedBy(models.TextChoices):
         SWEEP = "sweep", "Automatic sweep"
@@ -160,6 +171,14 @@ class FailedJob(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     history = models.JSONField(default=list, blank=True, help_text="The latest lifecycle events, oldest first.")
+    group = models.ForeignKey(
+        "FailureGroup",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        help_text="The cause of its latest failure (its fingerprint's group).",
+    )
 
     objects = FailedJobQuerySet.as_manager()
 
@@ -180,6 +199,7 @@ class FailedJob(models.Model):
             models.Index(fields=["status", "-last_failed_at"], name="queueing_failedjob_recent_idx"),
             # The default ordering (the admin's unfiltered list, newest first).
             models.Index(fields=["-last_failed_at", "-id"], name="queueing_failedjob_newest_idx"),
+            models.Index(fields=["group", "status"], name="queueing_failedjob_group_idx"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -254,3 +274,63 @@ class AlertState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue} {self.metric}: {'firing' if self.firing else 'ok'}"
+
+
+class FailureGroup(models.Model):
+    """Failures with the same cause (one fingerprint: task, exception class, normalised message), and the
+    circuit breaker that decides when the sweep may send its jobs again (``queueing/breaker.py`` tells the
+    states; ``queueing/groups.py`` changes them, each with one conditional ``UPDATE``).
+    """
+
+    class State(models.TextChoices):
+        CLOSED = breaker.State.CLOSED.value, "Closed"
+        OPEN = breaker.State.OPEN.value, "Open"
+        PROBING = breaker.State.PROBING.value, "Probing"
+
+    fingerprint = models.CharField(max_length=64, unique=True)
+    task_name = models.CharField(max_length=255)
+    exception_class = models.CharField(max_length=255)
+    message_pattern = models.TextField(help_text="The message with numbers, ids, URLs and quoted values normalised.")
+    queue = models.CharField(max_length=200, help_text="The queue of its first failure.")
+    failure_count = models.PositiveIntegerField(default=0, help_text="Failures recorded with this fingerprint.")
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CLOSED)
+    level = models.PositiveIntegerField(default=0, help_text="Failed probes in a row.")
+    wave = models.PositiveIntegerField(default=0, help_text="Waves released since the group closed.")
+    open_until = models.DateTimeField(null=True, blank=True, help_text="Open or probing until then.")
+    wave_released_at = models.DateTimeField(null=True, blank=True)
+    probe_token = models.UUIDField(null=True, blank=True, help_text="The claim token of the latest canaries.")
+    probes = models.PositiveIntegerField(default=0, help_text="Probes sent.")
+    state_changed_at = models.DateTimeField()
+    paused_at = models.DateTimeField(
+        null=True, blank=True, help_text="Automatic retries of this group paused since then (empty: not paused)."
+    )
+
+    class Meta:
+        ordering = ["-last_seen_at", "-id"]
+        indexes = [models.Index(fields=["state", "open_until"], name="queueing_group_state_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}: {self.exception_class.rsplit('.', 1)[-1]}: {self.message_pattern[:80]}"
+
+    def as_breaker(self) -> breaker.Breaker:
+        return breaker.Breaker(
+            state=breaker.State(self.state),
+            level=self.level,
+            wave=self.wave,
+            open_until=self.open_until,
+            wave_released_at=self.wave_released_at,
+        )
+
+
+class QueuePause(models.Model):
+    """Automatic retries of one queue paused (``pause_auto_retry``); normal processing goes on. One row per queue."""
+
+    queue = models.CharField(max_length=200, unique=True)
+    paused_at = models.DateTimeField()
+    reason = models.CharField(max_length=500, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.queue}: automatic retries paused"

@@ -55,6 +55,8 @@ class Reason(StrEnum):
     """Marked dead by an operator."""
     EXPIRED = "expired"
     """Dead: the call's own deadline (Celery's ``expires``) passed before it could be sent again."""
+    MAX_AGE_EXCEEDED = "max_age_exceeded"
+    """Dead: still failing ``MAX_AGE`` after its first failure (its group kept it waiting that long)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from queueing import lifecycle
+from queueing import groups, lifecycle
 from queueing.autoretry import current_policy
 from queueing.conf import get_settings
 from queueing.models import FailedJob
@@ -85,6 +85,14 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
                         job.status,
                     )
                     return job
+            previous_group_id = job.group_id
+            group = groups.group_for(
+                task_name=job.task_name,
+                queue=job.queue,
+                exception_class=failure.exception_class,
+                message=failure.exception_message,
+                now=now,
+            )
             lifecycle.fail(
                 job,
                 task_id=failure.task_id,
@@ -95,7 +103,9 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
                 permanent=failure.permanent,
                 policy=policy,
                 now=now,
+                group=group,
             )
+            groups.note_failure(job, previous_group_id=previous_group_id, claim_token=failure.claim_token, now=now)
     except IntegrityError:
         # Another process recorded the same original call a moment ago: update that row instead.
         if failure.job_id is None and FailedJob.objects.filter(origin_task_id=failure.origin_task_id).exists():
@@ -167,5 +177,6 @@ def record_success(*, job_id: int, claim_token: str, task_id: str, now: datetime
             logger.warning("job %s: clone %s succeeded after its claim was gone", job_id, task_id)
             return False
         lifecycle.resolve(job, task_id=task_id, now=now)
+        groups.note_success(job, claim_token=claim_token, now=now)
     logger.info("job %s (%s) resolved by clone %s", job.pk, job.task_name, task_id)
     return True

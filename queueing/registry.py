@@ -20,6 +20,8 @@ from queueing.models import FailedJob
 HEADER_JOB_ID = "queueing_job_id"
 HEADER_CLAIM = "queueing_claim"
 HEADER_ORIGIN = "queueing_origin"
+#: Set on a canary's call (``queueing/breaker.py``): it makes one attempt, without immediate retries.
+HEADER_CANARY = "queueing_canary"
 
 
 @functools.cache

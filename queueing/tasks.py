@@ -20,7 +20,7 @@ from django.db import DatabaseError
 from queueing import backoff, claims, recording, signals, workflow
 from queueing.conf import get_settings
 from queueing.exceptions import PermanentError
-from queueing.registry import HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, message_header
+from queueing.registry import HEADER_CANARY, HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, message_header
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class RetryableTask(Task):
 
     @property
     def max_retries(self) -> int:  # type: ignore[override]
+        if message_header(self.request, HEADER_CANARY):
+            return 0  # a canary probes its failure group with one attempt (queueing/breaker.py)
         conf = get_settings()
         return conf.immediate_retries if self.immediate_retries is None else self.immediate_retries
 
