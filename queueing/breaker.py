@@ -112,13 +112,11 @@ def release(breaker: Breaker, *, now: datetime, config: BreakerConfig) -> Releas
         if breaker.open_until is not None and breaker.open_until > now:
             return NOTHING
         return Release(ReleaseKind.PROBE, config.canaries)
-    size = wave_size(breaker.wave, first=config.first_wave, growth=config.wave_growth)
-    if size is None:
-        return EVERYTHING
     interval = timedelta(seconds=config.wave_interval_seconds)
     if breaker.wave_released_at is not None and breaker.wave_released_at + interval > now:
-        return NOTHING
-    return Release(ReleaseKind.WAVE, size)
+        return NOTHING  # the latest wave went out less than an interval ago
+    size = wave_size(breaker.wave, first=config.first_wave, growth=config.wave_growth)
+    return EVERYTHING if size is None else Release(ReleaseKind.WAVE, size)
 
 
 def after_release(breaker: Breaker, kind: ReleaseKind, *, now: datetime, config: BreakerConfig) -> Breaker | None:

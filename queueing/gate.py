@@ -32,7 +32,9 @@ CANARY_ORDER = ("retry_count", "next_retry_at", "id")
 
 def not_paused(due: FailedJobQuerySet) -> FailedJobQuerySet:
     """``due`` without the jobs of paused queues and paused groups (in the same query)."""
-    return due.exclude(queue__in=QueuePause.objects.values("queue")).exclude(group__paused_at__isnull=False)
+    paused_groups = FailureGroup.objects.filter(paused_at__isnull=False).values("pk")
+    # Subqueries, not a join: PostgreSQL cannot lock (FOR UPDATE) the rows of an outer join's nullable side.
+    return due.exclude(queue__in=QueuePause.objects.values("queue")).exclude(group_id__in=paused_groups)
 
 
 def release_for(group: FailureGroup, *, now: datetime) -> breaker.Release:

@@ -40,11 +40,12 @@ def retry_now(
     *,
     queue: str | None = None,
     ids: Iterable[int] | None = None,
+    group: int | None = None,
     dry_run: bool = False,
     now: datetime | None = None,
     batch_size: int | None = None,
 ) -> RetryOutcome:
-    """Re-send failed and dead jobs now (of one queue, or the given ids), each at most once per call.
+    """Re-send failed and dead jobs now (of one queue, one failure group, or the given ids), each at most once.
 
     ``total`` counts the failed and dead jobs found; ``retried`` those sent. Jobs being retried at this moment
     are left alone. Manual retries do not use up automatic ones (``manual_retry_count`` counts them).
@@ -56,7 +57,11 @@ def retry_now(
     # Each job at most once per call: one that fails again while this runs has last_failed_at > now, and one
     # this run had to give up on (its stored call no longer fits its task) has dead_at == now.
     candidates = (
-        FailedJob.objects.retryable_by_hand().in_queue(queue).filter(last_failed_at__lte=now).exclude(dead_at__gte=now)
+        FailedJob.objects.retryable_by_hand()
+        .in_queue(queue)
+        .in_group(group)
+        .filter(last_failed_at__lte=now)
+        .exclude(dead_at__gte=now)
     )
     if ids is not None:
         candidates = candidates.filter(pk__in=list(ids))
@@ -89,6 +94,12 @@ def discard(*, ids: Iterable[int], now: datetime | None = None, reason: str = "d
     """Give up on failed or dead jobs (final). Returns the ids of the jobs discarded; others are left alone."""
     now = now or timezone.now()
     return _each_allowed(ids, allowed=[Status.FAILED, Status.DEAD], verb=lifecycle.discard, now=now, text=reason)
+
+
+def discard_group(*, group: int, now: datetime | None = None, reason: str = "") -> list[int]:
+    """Give up on every failed and dead job of failure group ``group``. Returns the ids discarded."""
+    ids = FailedJob.objects.retryable_by_hand().in_group(group).values_list("pk", flat=True)
+    return discard(ids=list(ids), now=now, reason=reason or f"discarded with its failure group {group} by an operator")
 
 
 def mark_dead(

@@ -5,6 +5,9 @@ from queueing.retry import start_auto_retry, get_retry_manager
 start_auto_retry(max_retries=5, retry_delay=600, check_interval=120)   # seconds or timedelta
 get_retry_manager().get_stats()                    # {"whatsapp-send": {"failed": 2, "dead": 0, ...}}
 get_retry_manager().retry_all_failed("whatsapp-send")   # {"total": 2, "retried": 2}
+pause_auto_retry("whatsapp-send")                  # the sweep leaves that queue alone; the rest goes on
+resume_auto_retry("whatsapp-send")
+pause_auto_retry(group=7)                          # or one failure group (admin: "Failure groups")
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from queueing import autoretry, operations, status
+from queueing import autoretry, operations, pauses, status
 from queueing.models import AutoRetryConfig
 from queueing.schedule import ensure_sweep_schedule, set_sweep_interval
 
@@ -72,6 +75,20 @@ def stop_auto_retry() -> None:
     logger.info("auto-retry stopped")
 
 
+def pause_auto_retry(queue: str | None = None, *, group: int | None = None, reason: str = "") -> bool:
+    """Pause the automatic retries of one queue (or one failure group); normal processing goes on.
+
+    The sweep leaves its failed jobs where they are; new calls run, fail and are recorded as usual, and an
+    operator can still retry them. ``False`` if it was paused already.
+    """
+    return pauses.pause(queue=queue, group=group, reason=reason)
+
+
+def resume_auto_retry(queue: str | None = None, *, group: int | None = None) -> bool:
+    """Undo ``pause_auto_retry``: the sweep takes the queue's (or the group's) due jobs again."""
+    return pauses.resume(queue=queue, group=group)
+
+
 class RetryManager:
     """Operator verbs over the failed-job table."""
 
@@ -79,9 +96,11 @@ class RetryManager:
         """Per known queue, how many jobs are in each state."""
         return status.job_counts()
 
-    def retry_all_failed(self, queue_name: str | None = None, *, dry_run: bool = False) -> dict[str, int]:
-        """Re-send every failed and dead job of ``queue_name`` (all queues if None) now."""
-        return operations.retry_now(queue=queue_name, dry_run=dry_run).as_dict()
+    def retry_all_failed(
+        self, queue_name: str | None = None, *, group: int | None = None, dry_run: bool = False
+    ) -> dict[str, int]:
+        """Re-send every failed and dead job of ``queue_name`` (all queues if None; or of one group) now."""
+        return operations.retry_now(queue=queue_name, group=group, dry_run=dry_run).as_dict()
 
 
 def get_retry_manager() -> RetryManager:
