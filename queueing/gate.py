@@ -87,9 +87,9 @@ def claim_due(due: FailedJobQuerySet, *, now: datetime, limit: int, policy: Retr
             order=CANARY_ORDER if release.canary else claims.DUE_ORDER,
         )
         if release.canary:
-            # Canaries ask once (no immediate retries) when they hold others back; a probe that takes every
-            # due job of its group is an ordinary retry round.
-            held_back = due.filter(group=group).exists()
+            # Canaries ask once (no immediate retries) when they hold others back (due now or later); a probe
+            # that takes every failed job of its group is an ordinary retry round.
+            held_back = FailedJob.objects.filter(group=group, status=FailedJob.Status.FAILED).exists()
             if held_back:
                 canary_tokens.add(str(release.token))
             logger.info(

@@ -5,6 +5,7 @@ The sweep publishes to a real Redis (no worker runs); the clones' answers are re
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ import redis
 
 from queueing import claims, gate, groups, operations, recording
 from queueing.models import FailedJob, FailureGroup
+from queueing.registry import celery_app
 from queueing.retry import pause_auto_retry, resume_auto_retry
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -275,3 +277,24 @@ def test_a_job_failing_longer_than_max_age_is_dead_with_that_reason(
     assert (old.status, old.reason_code) == (Status.DEAD, FailedJob.Reason.MAX_AGE_EXCEEDED)
     assert "MAX_AGE" in old.status_reason and old.dead_at == now
     assert young.status == Status.FAILED
+
+
+def test_each_change_of_a_group_is_one_log_line(broker: redis.Redis, breaker_settings: None, now: datetime) -> None:
+    celery_app()  # loads the task modules (and the logging set-up) before the handler below listens
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("queueing.groups").addHandler(handler)
+    try:
+        for n in range(5):
+            record(n, at=now)
+        canaries = sent_ids(now + 61 * SECOND)
+        clone_succeeds(FailedJob.objects.get(pk=min(canaries)), at=now + 62 * SECOND)
+    finally:
+        logging.getLogger("queueing.groups").removeHandler(handler)
+
+    lines = [(r.levelname, r.getMessage()) for r in records]
+    assert [level for level, _ in lines] == ["WARNING", "INFO", "INFO"]
+    assert "closed -> open until" in lines[0][1] and "(job failed)" in lines[0][1]
+    assert "-> probing until" in lines[1][1] and "(probe)" in lines[1][1]
+    assert "probing until" in lines[2][1] and "-> closed (canary succeeded)" in lines[2][1]
