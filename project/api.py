@@ -10,6 +10,7 @@ from ninja.openapi.schema import OpenAPISchema
 from messaging.api import router as messaging_router
 from queueing import metrics
 from queueing.api import router as queueing_router
+from queueing.api_groups import router as groups_router
 from queueing.http import auth, install_error_handlers
 
 DESCRIPTION = """\
@@ -38,4 +39,5 @@ class QueueingAPI(NinjaAPI):
 api = QueueingAPI(title="Queueing API", version="1", description=DESCRIPTION, auth=auth(), urls_namespace="api")
 install_error_handlers(api)
 api.add_router("/", queueing_router)
+api.add_router("/", groups_router)
 api.add_router("/", messaging_router)

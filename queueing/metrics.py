@@ -29,6 +29,11 @@ queueing_alert_firing{metric}          gauge      1 while the alert on failed/de
 queueing_sweep_duration_seconds        histogram  how long each sweep took
 queueing_workers                       gauge      workers that answered the latest broadcast (absent if none did)
 queueing_status_source_up{source}      gauge      1 if the broker / the workers answered
+queueing_auto_retry_paused             gauge      1 while the queue's automatic retries are paused
+queueing_failure_group_state{group,    gauge      1 for the group's breaker state (closed, open, probing), 0 for
+task,state}                                       the others; the groups the status lists
+queueing_failure_group_jobs{group,     gauge      the group's jobs still failing (failed, retrying, dead)
+task}
 =====================================  =========  ==============================================================
 """
 
@@ -46,7 +51,7 @@ from prometheus_client.registry import Collector
 
 from queueing import status
 from queueing.http import ERROR_DESCRIPTIONS, method_not_allowed, refusal
-from queueing.models import AlertState
+from queueing.models import AlertState, FailureGroup
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +102,8 @@ class QueueingCollector(Collector):
                     family.add_metric([queue], values.get(queue, 0))
                 yield family
 
+        yield from _pauses_and_groups(report, queues)
+
         firing = GaugeMetricFamily(
             "queueing_alert_firing", "1 while the alert on a queue's figure is firing.", labels=["queue", "metric"]
         )
@@ -115,6 +122,31 @@ class QueueingCollector(Collector):
                 buckets=durations.buckets,
                 sum_value=durations.sum_seconds,
             )
+
+
+def _pauses_and_groups(report: status.StatusReport, queues: list[str]) -> Iterator[GaugeMetricFamily]:
+    paused = GaugeMetricFamily(
+        "queueing_auto_retry_paused", "1 while the queue's automatic retries are paused.", labels=["queue"]
+    )
+    for queue in sorted(set(queues) | set(report.paused.queues)):
+        paused.add_metric([queue], 1 if queue in report.paused.queues else 0)
+    yield paused
+    states = GaugeMetricFamily(
+        "queueing_failure_group_state",
+        "1 for the failure group's circuit breaker state, 0 for the others.",
+        labels=["group", "task", "state"],
+    )
+    failing = GaugeMetricFamily(
+        "queueing_failure_group_jobs",
+        "The group's jobs still failing (failed, retrying, dead).",
+        labels=["group", "task"],
+    )
+    for group in report.groups:
+        for state in FailureGroup.State.values:
+            states.add_metric([str(group.id), group.task_name, state], 1 if group.state == state else 0)
+        failing.add_metric([str(group.id), group.task_name], group.still_failing)
+    yield states
+    yield failing
 
 
 REGISTRY = CollectorRegistry(auto_describe=False)

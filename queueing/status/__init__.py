@@ -24,7 +24,8 @@ Redis longer than ``STATUS_BROKER_TIMEOUT_SECONDS`` per round trip, or on the wo
 
 The modules: ``report`` (``queue_status`` and its records), ``schema`` (the JSON), ``jobs`` (the database),
 ``broker`` (the broker and its Redis), ``counter_store`` (the counters store), ``workers`` (the broadcast),
-``cache`` (the shared stale-while-revalidate copies). Callers import the names below from the package.
+``cache`` (the shared stale-while-revalidate copies), ``groups`` (the failure groups, their breakers and
+the pauses). Callers import the names below from the package.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from queueing.status.counter_store import (
     record_sweep_duration,
     sweep_durations,
 )
+from queueing.status.groups import GroupFigures, group_figures
 from queueing.status.jobs import RECENT_FAILED_LIMIT, JobSnapshot, RecentFailure, job_counts
 from queueing.status.report import FIGURES, QueueStatus, StatusReport, queue_status
 from queueing.status.schema import StatusOut
@@ -50,6 +52,7 @@ __all__ = [
     "RECENT_FAILED_LIMIT",
     "SWEEP_DURATION_BUCKETS",
     "Broker",
+    "GroupFigures",
     "JobSnapshot",
     "QueueStatus",
     "RecentFailure",
@@ -63,6 +66,7 @@ __all__ = [
     "count",
     "counters",
     "current_broker",
+    "group_figures",
     "job_counts",
     "queue_status",
     "record_sweep_duration",

@@ -12,8 +12,9 @@ from queueing import registry
 from queueing.models import FailedJob
 from queueing.status.broker import Unavailable, answered, broker_redis, current_broker
 from queueing.status.counter_store import counter
+from queueing.status.groups import GroupFigures, Paused, group_figures, paused
 from queueing.status.jobs import JobSnapshot, RecentFailure, job_snapshot, query_jobs
-from queueing.status.schema import Figure, QueueStatusOut, RecentFailedOut, StatusOut, WorkersOut
+from queueing.status.schema import Figure, GroupOut, PausedOut, QueueStatusOut, RecentFailedOut, StatusOut, WorkersOut
 from queueing.status.workers import NoReport, WorkersReport, workers_snapshot
 
 Status = FailedJob.Status
@@ -59,6 +60,8 @@ class StatusReport:
     workers: list[str] = field(default_factory=list)
     workers_reported_at: datetime | None = None
     counts_as_of: datetime | None = None
+    groups: list[GroupFigures] = field(default_factory=list)
+    paused: Paused = field(default_factory=lambda: Paused((), ()))
 
     def to_schema(self) -> StatusOut:
         """The answer of ``GET /api/queue/status`` (and of ``check_queue --json``)."""
@@ -68,6 +71,8 @@ class StatusReport:
             workers=WorkersOut(names=self.workers, reportedAt=_ms(self.workers_reported_at)),
             countsAsOf=_ms(self.counts_as_of),
             generatedAt=_ms(self.generated_at) or 0,
+            groups=[group_out(group) for group in self.groups],
+            autoRetryPaused=PausedOut(queues=list(self.paused.queues), groups=list(self.paused.groups)),
         )
 
 
@@ -124,6 +129,8 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
         workers=report.workers if report else [],
         workers_reported_at=_datetime(workers.at) if isinstance(workers, WorkersReport) else None,
         counts_as_of=_datetime(jobs.at),
+        groups=group_figures(),
+        paused=paused(),
     )
 
 
@@ -162,6 +169,28 @@ def _recent_failed_out(job: RecentFailure) -> RecentFailedOut:
         retryCount=job.retry_count,
         nextRetryAt=_ms(job.next_retry_at),
         statusReason=job.status_reason,
+    )
+
+
+def group_out(group: GroupFigures) -> GroupOut:
+    return GroupOut(
+        id=group.id,
+        task=group.task_name,
+        exceptionClass=group.exception_class,
+        messagePattern=group.message_pattern,
+        queue=group.queue,
+        state=group.state,  # type: ignore[arg-type]
+        stateText=group.state_text,
+        openUntil=_ms(group.open_until),
+        failedProbes=group.level,
+        wave=group.wave,
+        probes=group.probes,
+        paused=group.paused_at is not None,
+        failures=group.failure_count,
+        firstSeen=_ms(group.first_seen_at) or 0,
+        lastSeen=_ms(group.last_seen_at) or 0,
+        jobs=group.jobs,
+        shareStillFailing=group.share_still_failing,
     )
 
 

@@ -38,6 +38,33 @@ class QueueStatusOut(BaseModel):
     recentFailed: list[RecentFailedOut] = Field(description="Newest failed and dead jobs first, at most 10.")
 
 
+class GroupOut(BaseModel):
+    """A failure group: failures with one cause, and its circuit breaker (README, "Probe before flooding")."""
+
+    id: int
+    task: str = Field(description="Task name.")
+    exceptionClass: str
+    messagePattern: str = Field(description="The message with numbers, ids, URLs and quoted values normalised.")
+    queue: str = Field(description="The queue of its first failure.")
+    state: Literal["closed", "open", "probing"] = Field(description="The breaker's state.")
+    stateText: str = Field(description="The state in words: 'open until …', 'closed (wave 2)'.")
+    openUntil: int | None = Field(description="Open or probing until then, ms since the epoch.")
+    failedProbes: int = Field(description="Failed probes in a row (the delay doubles with each).")
+    wave: int = Field(description="Waves released since the group closed.")
+    probes: int = Field(description="Probes sent, in all.")
+    paused: bool = Field(description="Automatic retries of this group are paused.")
+    failures: int = Field(description="Failures recorded with this cause.")
+    firstSeen: int = Field(description="First failure, ms since the epoch.")
+    lastSeen: int = Field(description="Latest failure, ms since the epoch.")
+    jobs: dict[str, int] = Field(description="Its jobs (whose latest failure had this cause) per status.")
+    shareStillFailing: float = Field(description="Of its jobs, the share failed, retrying or dead (0 to 1).")
+
+
+class PausedOut(BaseModel):
+    queues: list[str] = Field(description="Queues whose automatic retries are paused.")
+    groups: list[int] = Field(description="Failure groups whose automatic retries are paused.")
+
+
 class WorkersOut(BaseModel):
     names: list[str] = Field(description="Workers that answered the latest broadcast.")
     reportedAt: int | None = Field(description="When the workers were last asked, ms since the epoch.")
@@ -49,3 +76,11 @@ class StatusOut(BaseModel):
     workers: WorkersOut
     countsAsOf: int | None = Field(description="When failed/dead were counted, ms since the epoch.")
     generatedAt: int = Field(description="When this answer was made, ms since the epoch.")
+    groups: list[GroupOut] = Field(
+        default_factory=list,
+        description="Failure groups not closed, paused, or with jobs still failing; newest first, at most 50.",
+    )
+    autoRetryPaused: PausedOut = Field(
+        default_factory=lambda: PausedOut(queues=[], groups=[]),
+        description="What the sweep leaves alone (pause_auto_retry); normal processing goes on.",
+    )

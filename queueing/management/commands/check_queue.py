@@ -10,6 +10,13 @@ Per queue, the figures of ``GET /api/queue/status`` (``queueing/status/``)::
       Delayed:   0
       Dead:      1
 
+Then the failure groups worth a look (``queueing/status/groups.py``), one line each, and the pauses::
+
+    Failure groups:
+      #7 open until 2026-12-01T22:10:21+00:00  messaging.tasks.send_whatsapp_message  GatewayUnavailable:
+         gateway answered <n>: …  (1000 still failing of 1000, 100%; 3 failed probes)
+    Automatic retries paused: queue whatsapp-send
+
 A figure that cannot be had reads ``n/a (<reason>)``. When the workers' last report is out of date, the
 command asks them and waits for the answer (about ``STATUS_INSPECT_TIMEOUT_SECONDS``).
 """
@@ -47,7 +54,25 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(answer, indent=2, ensure_ascii=False))
             return
         blocks = [self._block(figures) for figures in report.queues.values()]
+        if report.groups:
+            blocks.append("\n".join(["Failure groups:", *(self._group(group) for group in report.groups)]))
+        if report.paused.queues or report.paused.groups:
+            what = [f"queue {q}" for q in report.paused.queues] + [f"group #{g}" for g in report.paused.groups]
+            blocks.append(self.style.WARNING(f"Automatic retries paused: {', '.join(what)}"))
         self.stdout.write("\n\n".join(blocks))
+
+    def _group(self, group: status.GroupFigures) -> str:
+        state = group.state_text + (", paused" if group.paused_at else "")
+        if group.state != "closed":
+            state = self.style.WARNING(state)
+        exception = group.exception_class.rsplit(".", 1)[-1]
+        share = f"{group.share_still_failing:.0%}"
+        total = sum(group.jobs.values())
+        probes = f"; {group.level} failed probe(s)" if group.level else ""
+        return (
+            f"  #{group.id} {state}  {group.task_name}  {exception}: {group.message_pattern[:80]}"
+            f"  ({group.still_failing} still failing of {total}, {share}{probes})"
+        )
 
     def _block(self, queue: status.QueueStatus) -> str:
         lines = [f"Queue: {queue.name}"]

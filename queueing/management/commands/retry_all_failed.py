@@ -1,4 +1,4 @@
-"""python manage.py retry_all_failed [--queue NAME] [--dry-run]"""
+"""python manage.py retry_all_failed [--queue NAME] [--group ID] [--dry-run]"""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from queueing import operations
+from queueing import operations, pauses
 from queueing.exceptions import UnknownQueue
 
 
@@ -15,14 +15,24 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--queue", help="only this queue (default: all queues)")
+        parser.add_argument(
+            "--group", type=int, help="only this failure group (its id: check_queue, GET /api/queue/groups, the admin)"
+        )
         parser.add_argument("--dry-run", action="store_true", help="count what would be sent; send nothing")
 
-    def handle(self, *args: Any, queue: str | None, dry_run: bool, **options: Any) -> None:
+    def handle(self, *args: Any, queue: str | None, group: int | None, dry_run: bool, **options: Any) -> None:
         try:
-            outcome = operations.retry_now(queue=queue, dry_run=dry_run)
-        except UnknownQueue as exc:
+            if group is not None:
+                pauses.get_group(group)
+            outcome = operations.retry_now(queue=queue, group=group, dry_run=dry_run)
+        except (UnknownQueue, pauses.UnknownGroup) as exc:
             raise CommandError(str(exc)) from exc
-        where = f"queue {queue!r}" if queue else "all queues"
+        where = (
+            " and ".join(
+                [*([f"queue {queue!r}"] if queue else []), *([f"failure group {group}"] if group is not None else [])]
+            )
+            or "all queues"
+        )
         if dry_run:
             self.stdout.write(f"{where}: found {outcome.total} failed or dead job(s); dry run, none sent")
         else:
