@@ -1,6 +1,6 @@
 """Failure groups and pauses in the JSON API (README, "Probe before flooding"; ``docs/api.md``).
 
-- ``GET /api/queue/groups``: the groups (those not closed, paused or with jobs still failing; ``all=true``:
+- ``GET /api/queue/groups``: the groups (those paused or with jobs still failing; ``all=true``:
   every group), newest first, and what is paused.
 - ``POST /api/queue/groups/{id}/retry`` | ``/discard`` | ``/pause`` | ``/resume``: one group at once (the body
   a JSON object: ``{}``, or ``{"reason": …}`` for discard and pause).
@@ -46,7 +46,8 @@ class EmptyIn(Schema):
     @model_validator(mode="before")
     @classmethod
     def _an_object(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
+        # ninja hands a schema its input wrapped (a ``DjangoGetter``); the JSON value is its ``_obj``.
+        if not isinstance(getattr(data, "_obj", data), dict):
             raise ValueError("the body must be a JSON object, such as {}")
         return data
 

@@ -1,8 +1,8 @@
 """The failure groups as the status shows them (``GET /api/queue/status``, ``GET /api/queue/groups``,
 ``check_queue``, ``/metrics``, the admin): each group's breaker state and counts, and the pauses.
 
-Two queries: the groups (those not closed, paused, or with jobs still failing first; newest first, at most
-``limit``), then one grouped count of their jobs by status on the ``(group, status)`` index.
+Two queries: the groups (those paused or with jobs still failing: failed, retrying or dead; newest first, at
+most ``limit``), then one grouped count of their jobs by status on the ``(group, status)`` index.
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ class GroupFigures:
 
 
 def group_figures(*, limit: int = GROUPS_LIMIT, group_ids: list[int] | None = None) -> list[GroupFigures]:
-    """The groups worth showing: not closed, paused, or with jobs still failing (or ``group_ids``), newest first."""
+    """The groups worth showing: paused, or with jobs still failing (or ``group_ids``), newest first."""
     groups = FailureGroup.objects.all()
     if group_ids is not None:
         groups = groups.filter(pk__in=group_ids)
     else:
         failing = FailedJob.objects.filter(group=OuterRef("pk"), status__in=STILL_FAILING)
-        groups = groups.filter(~Q(state=FailureGroup.State.CLOSED) | Q(paused_at__isnull=False) | Exists(failing))
+        groups = groups.filter(Q(paused_at__isnull=False) | Exists(failing))
     rows = list(groups.order_by("-last_seen_at", "-pk")[:limit])
     counts: dict[int, dict[str, int]] = {row.pk: dict.fromkeys(Status.values, 0) for row in rows}
     grouped = FailedJob.objects.filter(group__in=list(counts)).order_by().values_list("group_id", "status")
