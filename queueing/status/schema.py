@@ -78,7 +78,8 @@ class StatusOut(BaseModel):
     generatedAt: int = Field(description="When this answer was made, ms since the epoch.")
     groups: list[GroupOut] = Field(
         default_factory=list,
-        description="Failure groups paused or with jobs still failing (failed, retrying, dead); newest first, at most 50.",
+        description="Failure groups paused or with jobs still failing (failed, retrying, dead); newest first, "
+        "50 at most.",
     )
     autoRetryPaused: PausedOut = Field(
         default_factory=lambda: PausedOut(queues=[], groups=[]),
