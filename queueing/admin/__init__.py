@@ -9,12 +9,14 @@ matching the current filter ("Select all"). Manual retries do not count against 
 - ``columns``: what the list and the detail page show; ``display``: how values are shown (one time format);
 - ``verbs``: the three verbs, each an object with its behaviour and its words, and ``perform`` to run one;
 - ``filters``: the list's sidebar filters and its ChangeList;
+- ``groups``: failures grouped by cause with their circuit breakers, and the paused queues (``FailureGroupAdmin``,
+  ``QueuePauseAdmin``): retry, discard, pause and resume a group;
 - ``beat``: the sweep's schedule in django-celery-beat's admin (the check interval, written by
   ``queueing.schedule.set_sweep_interval``).
 """
 
 from __future__ import annotations
 
-from queueing.admin import beat, console
+from queueing.admin import beat, console, groups
 
-__all__ = ["beat", "console"]
+__all__ = ["beat", "console", "groups"]
