@@ -14,8 +14,13 @@ and raises ``InvalidTransition`` for a move this story does not allow. Where a f
    (or ``MAX_RETRIES == 0``) writes it ``dead`` at once, with ``dead_at``. If the database cannot be
    written then, the failure is handed to the broker (``record_failed_job``) and written when it is back.
    [``fail``; reasons ``permanent_error``, ``retries_used_up``]
+   Each failure also names its cause: the ``FailureGroup`` of its fingerprint (task, exception class,
+   normalised message; ``queueing/groups.py``), whose circuit breaker opens (``queueing/breaker.py``).
 3. The sweep (every ``CHECK_INTERVAL``) claims ``failed`` rows whose ``next_retry_at`` has passed and whose
-   ``retry_count < MAX_RETRIES``: ``retrying``, ``retry_count + 1``, a fresh ``claim_token``,
+   ``retry_count < MAX_RETRIES``, as far as their group's breaker allows (a few canaries while the cause
+   fails, then growing waves) and not of a paused queue or group (``queueing/gate.py``); a job still failing
+   ``MAX_AGE`` after its first failure is ``dead`` instead [``expire_age``, reason ``max_age_exceeded``]. A
+   claim makes it ``retrying``, ``retry_count + 1``, a fresh ``claim_token`` (a probe's canaries share theirs),
    ``lease_expires_at = now + LEASE_SECONDS``, ``last_retried_at``. After the commit it sends each row as a
    fresh task call carrying the row id and the claim token in its headers. A row naming a task this
    project does not register is marked ``dead`` with a ``status_reason``, never sent. The clone is the same
