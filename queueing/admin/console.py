@@ -88,7 +88,7 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: FailedJob | None = None) -> list[str]:
         return flatten_fieldsets(self.fieldsets)
 
-    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
         # The failure groups' page links here with ?group__id__exact=<id> (a group's jobs).
         return lookup == "group__id__exact" or super().lookup_allowed(lookup, value, request)
 

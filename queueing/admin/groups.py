@@ -72,13 +72,10 @@ class FailureGroupAdmin(OperateMixin, admin.ModelAdmin):
         return self.fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[FailureGroup]:
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                failing=Count("jobs", filter=Q(jobs__status__in=STILL_FAILING)),
-                job_total=Count("jobs"),
-            )
+        groups: QuerySet[FailureGroup] = super().get_queryset(request)
+        return groups.annotate(
+            failing=Count("jobs", filter=Q(jobs__status__in=STILL_FAILING)),
+            job_total=Count("jobs"),
         )
 
     # -- columns ----------------------------------------------------------------------------------------
@@ -145,7 +142,7 @@ class FailureGroupAdmin(OperateMixin, admin.ModelAdmin):
         self.message_user(request, f"Resumed the automatic retries of {changed} group(s).")
 
 
-class QueuePauseForm(forms.ModelForm):  # type: ignore[type-arg]
+class QueuePauseForm(forms.ModelForm):
     class Meta:
         model = QueuePause
         fields = ("queue", "reason")
