@@ -162,7 +162,9 @@ def test_a_long_outage_is_probed_by_a_few_canaries_and_every_message_goes_out_on
         what="every job resolved",
     )
     recovery_seconds = time.monotonic() - back_at
-    assert recovery_seconds < 20, recovery_seconds
+    # A probe (at most 2 s away), then waves of 20, 100 and the rest one sweep (1 s) apart; the worker (two
+    # processes) runs the 200 calls in a few seconds more (measured: 9 s on an idle machine).
+    assert recovery_seconds < 30, recovery_seconds
     attempts = gateway.attempts()
     delivered = Counter(a["idempotencyKey"] for a in attempts if a["status"] == 200)
     assert len(delivered) == MESSAGES and set(delivered.values()) == {1}
