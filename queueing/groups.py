@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -87,14 +88,18 @@ def note_failure(
         return  # dead at once (a permanent error): nothing of it will be sent again, nothing to hold back
     settings = config()
 
-    def decide(state: breaker.Breaker, group: FailureGroup) -> breaker.Breaker | None:
+    def decide(state: breaker.Breaker, group: FailureGroup) -> tuple[breaker.Breaker | None, str]:
         canary = token is not None and group.probe_token is not None and str(group.probe_token) == token
-        return breaker.after_failure(state, canary=canary, deferred_seconds=deferred_seconds, now=now, config=settings)
+        after = breaker.after_failure(state, canary=canary, deferred_seconds=deferred_seconds, now=now, config=settings)
+        why = "canary failed" if canary else "job failed"
+        if group.pk != job.group_id:
+            why += " with another cause"
+        return after, why + (f", the server asked for {deferred_seconds:g} s" if deferred_seconds is not None else "")
 
     if token is not None and previous_group_id not in (None, job.group_id):
-        _move(previous_group_id, decide, now, "canary failed with another cause")
+        _move(previous_group_id, decide, now)
     if job.group_id is not None:
-        _move(job.group_id, decide, now, "canary failed" if token else "job failed")
+        _move(job.group_id, decide, now)
 
 
 def note_success(job: FailedJob, *, claim_token: str | UUID, now: datetime) -> None:
@@ -103,11 +108,11 @@ def note_success(job: FailedJob, *, claim_token: str | UUID, now: datetime) -> N
         return
     token = str(claim_token)
 
-    def decide(state: breaker.Breaker, group: FailureGroup) -> breaker.Breaker | None:
+    def decide(state: breaker.Breaker, group: FailureGroup) -> tuple[breaker.Breaker | None, str]:
         canary = group.probe_token is not None and str(group.probe_token) == token
-        return breaker.after_success(state, canary=canary)
+        return breaker.after_success(state, canary=canary), "canary succeeded"
 
-    _move(job.group_id, decide, now, "canary succeeded")
+    _move(job.group_id, decide, now)
 
 
 @dataclass(frozen=True)
@@ -144,14 +149,18 @@ def take_release(group: FailureGroup, *, now: datetime, settings: breaker.Breake
     return GroupRelease(group.pk, release.kind, release.count, token)
 
 
-def _move(group_id: int, decide: Any, now: datetime, why: str) -> None:
-    """Read the group, ask ``decide(breaker, group)``, write its answer conditionally; twice if raced."""
+Decide = Callable[[breaker.Breaker, FailureGroup], tuple[breaker.Breaker | None, str]]
+
+
+def _move(group_id: int, decide: Decide, now: datetime) -> None:
+    """Read the group, ask ``decide(breaker, group)`` (the next state and why), write it conditionally; again
+    if another process changed the group in between (three reads at most)."""
     for _ in range(3):
         group = FailureGroup.objects.filter(pk=group_id).first()
         if group is None:
             return
         state = group.as_breaker()
-        after = decide(state, group)
+        after, why = decide(state, group)
         if after is None or after == state:
             return
         if _write(group, state, after, now=now, why=why):

@@ -5,6 +5,7 @@ The sweep publishes to a real Redis (no worker runs); the clones' answers are re
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ import redis
 
 from queueing import claims, gate, groups, operations, recording
 from queueing.models import FailedJob, FailureGroup
-from queueing.registry import celery_app
+from queueing.registry import HEADER_CANARY, celery_app
 from queueing.retry import pause_auto_retry, resume_auto_retry
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -298,3 +299,23 @@ def test_each_change_of_a_group_is_one_log_line(broker: redis.Redis, breaker_set
     assert "closed -> open until" in lines[0][1] and "(job failed)" in lines[0][1]
     assert "-> probing until" in lines[1][1] and "(probe)" in lines[1][1]
     assert "probing until" in lines[2][1] and "-> closed (canary succeeded)" in lines[2][1]
+
+
+def test_canaries_that_hold_others_back_ask_once_and_a_probe_of_a_whole_group_keeps_its_retries(
+    broker: redis.Redis, breaker_settings: None, now: datetime
+) -> None:
+    def canary_headers() -> list[Any]:
+        messages = [json.loads(raw) for raw in broker.lrange("default", 0, -1)]
+        return [message["headers"].get(HEADER_CANARY) for message in messages]
+
+    # Given a group of five: the probe's two canaries carry the header (no immediate retries for them)
+    for n in range(5):
+        record(n, at=now)
+    claims.sweep(now=now + 61 * SECOND)
+    assert canary_headers() == [True, True]
+
+    # Given a group of one: its probe is the whole group, an ordinary retry with its immediate retries
+    broker.delete("default")
+    record(9, at=now, message="a cause of its own")
+    claims.sweep(now=now + 61 * SECOND)
+    assert canary_headers() == [None]
