@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 State = FailureGroup.State
 
+#: The least time between two waves of a group, as a share of ``CHECK_INTERVAL``.
+WAVE_INTERVAL_SHARE = 0.8
+
 
 def config(policy: RetryPolicy | None = None) -> breaker.BreakerConfig:
     """The breaker's settings in force (``RETRY_DELAY`` and ``CHECK_INTERVAL`` as ``start_auto_retry`` left them)."""
@@ -41,7 +44,8 @@ def config(policy: RetryPolicy | None = None) -> breaker.BreakerConfig:
         max_delay_seconds=max(conf.breaker_max_delay_seconds, policy.retry_delay_seconds),
         first_wave=conf.breaker_first_wave,
         wave_growth=conf.breaker_wave_growth,
-        wave_interval_seconds=float(policy.check_interval_seconds),
+        # One wave per sweep: a little under the interval, so that a sweep Beat sends a moment early counts.
+        wave_interval_seconds=WAVE_INTERVAL_SHARE * policy.check_interval_seconds,
         probe_timeout_seconds=conf.lease_seconds,
     )
 
