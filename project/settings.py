@@ -185,8 +185,14 @@ def _redis_url() -> str:
     return "redis://127.0.0.1:6379/0"
 
 
+# REDIS_URL: the broker unless CELERY_BROKER_URL names another, and the Redis of the status's counters and shared
+# copies when the broker is not Redis (queueing/status/broker.py; docs/brokers.md).
 REDIS_URL = _redis_url()
-CELERY_BROKER_URL = REDIS_URL
+# Any broker URL Celery supports: redis://, rediss://, sentinel://, amqp:// (RabbitMQ) ...; default: REDIS_URL.
+CELERY_BROKER_URL = str(env.str("CELERY_BROKER_URL", default="")) or REDIS_URL
+_BROKER_SCHEME = CELERY_BROKER_URL.split("://", 1)[0].split("+", 1)[0].lower()
+#: RabbitMQ (and any AMQP 0-9-1 broker) rather than a transport that kombu emulates.
+BROKER_IS_AMQP = _BROKER_SCHEME in ("amqp", "amqps", "pyamqp", "librabbitmq")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -197,9 +203,13 @@ CELERY_RESULT_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# RabbitMQ honours a message's priority only on a queue declared with x-max-priority (0-10 here, 10 the most
+# urgent); the Redis transport ignores queue arguments and has priority steps of its own. A RabbitMQ queue that
+# already exists without the argument must be deleted once (RabbitMQ refuses to redeclare it differently).
+_QUEUE_ARGUMENTS = {"x-max-priority": 10} if BROKER_IS_AMQP else None
 CELERY_TASK_QUEUES = (
-    Queue("default", routing_key="default"),
-    Queue("whatsapp-send", routing_key="whatsapp-send"),
+    Queue("default", routing_key="default", queue_arguments=_QUEUE_ARGUMENTS),
+    Queue("whatsapp-send", routing_key="whatsapp-send", queue_arguments=_QUEUE_ARGUMENTS),
 )
 CELERY_TASK_ROUTES = {"messaging.tasks.*": {"queue": "whatsapp-send"}}
 # A task is acknowledged when it ends, so a worker killed mid-task leaves it on the broker for another.
@@ -210,10 +220,16 @@ CELERY_TASK_RETRY_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=540)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
-# Longer than the longest immediate-retry countdown plus the hard time limit: Redis redelivers an
+# Redis: longer than the longest immediate-retry countdown plus the hard time limit: Redis redelivers an
 # unacknowledged message after this long. The 5-minute sweep delay is kept in the database, not here.
+# RabbitMQ has no visibility timeout; its consumer_timeout (below) bounds the same span instead.
 _VISIBILITY_TIMEOUT_SECONDS = 2 * 3600
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _VISIBILITY_TIMEOUT_SECONDS}
+CELERY_BROKER_TRANSPORT_OPTIONS = {} if BROKER_IS_AMQP else {"visibility_timeout": _VISIBILITY_TIMEOUT_SECONDS}
+# RabbitMQ (3.8.15 and later) closes the channel of a consumer that holds a delivery unacknowledged longer than
+# its consumer_timeout (default 30 minutes). A worker holds a countdown message until it runs and then until it
+# ends (late ack): the longest immediate-retry countdown plus the hard time limit must stay under it; the
+# queueing.W001 check says so at start-up. Set this to the server's value if you changed it there.
+RABBITMQ_CONSUMER_TIMEOUT_SECONDS = env.int("RABBITMQ_CONSUMER_TIMEOUT_SECONDS", default=1800)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 3,

@@ -10,7 +10,13 @@ class QueueingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from queueing import conf, coverage, schedule, signals  # noqa: F401  (connect the worker/beat signal handlers)
+        from queueing import (  # noqa: F401  (connect the worker/beat signal handlers and the checks)
+            broker_checks,
+            conf,
+            coverage,
+            schedule,
+            signals,
+        )
 
         conf.get_settings()  # fail at start-up, not at the first failure, on a bad setting
         post_migrate.connect(schedule.ensure_sweep_schedule_after_migrate, sender=self)

@@ -1,4 +1,9 @@
-"""Shared fixtures: a real Redis broker (a db of its own), the embedded Celery worker, fast retry settings."""
+"""Shared fixtures: a real Redis broker (a db of its own), the embedded Celery worker, fast retry settings.
+
+With ``CELERY_BROKER_URL=amqp://…`` (bin/test's RabbitMQ pass, a vhost of its own) the broker is RabbitMQ and
+Redis (``REDIS_URL``) keeps only the status counters and the tests' own side effects; the tests named in
+``RABBITMQ_TESTS`` carry the ``rabbitmq`` marker and are the ones that pass runs.
+"""
 
 from __future__ import annotations
 
@@ -99,20 +104,69 @@ def no_refresh_left_behind() -> Iterator[None]:
             thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def redis_client() -> redis.Redis:
+#: Tests that run on RabbitMQ too (marker ``rabbitmq``; bin/test's RabbitMQ pass runs ``-m rabbitmq``): file ->
+#: test names, or "*" for all of the file. Those that read the broker's Redis lists themselves stay Redis-only.
+RABBITMQ_TESTS: dict[str, str | set[str]] = {
+    "test_rabbitmq.py": "*",
+    "test_pipeline.py": "*",
+    "test_outage_scenario.py": "*",
+    "test_status_api.py": {
+        "test_status_answers_every_known_queue_in_the_seeds_shape",
+        "test_without_a_worker_active_and_delayed_are_null_and_the_workers_are_asked_once_per_period",
+        "test_completed_counts_the_tasks_that_succeeded_on_each_queue",
+        "test_active_and_delayed_come_from_a_real_worker",
+        "test_the_status_json_matches_its_openapi_schema",
+    },
+    "test_check_queue.py": {"test_it_prints_the_seeds_block_for_each_queue", "test_json_has_the_apis_structure"},
+    "test_flower.py": {"test_flower_lists_the_tasks_a_worker_runs"},
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = RABBITMQ_TESTS.get(item.path.name)
+        if names == "*" or (names and getattr(item, "originalname", item.name) in names):
+            item.add_marker(pytest.mark.rabbitmq)
+
+
+def broker_is_amqp() -> bool:
     from django.conf import settings
 
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return bool(settings.BROKER_IS_AMQP)
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    """The tests' Redis: the broker (Redis pass), or the status Redis beside RabbitMQ (``REDIS_URL``)."""
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
     client.ping()
     return client
 
 
+def purge_amqp_queues() -> None:
+    """Empty the declared queues of the test vhost (a queue not declared yet holds nothing)."""
+    from django.conf import settings
+    from kombu import Connection
+
+    with Connection(settings.CELERY_BROKER_URL, connect_timeout=5) as connection:
+        channel: Any = connection.channel()
+        for queue in settings.CELERY_TASK_QUEUES:
+            try:
+                channel.queue_purge(queue.name)
+            except connection.channel_errors:
+                channel = connection.channel()
+
+
 @pytest.fixture(autouse=True)
 def clean_broker(request: pytest.FixtureRequest) -> None:
-    """Each test starts with an empty broker db (only tests that touch Redis pay for it)."""
+    """Each test starts with an empty broker db (only tests that touch Redis pay for it), and on RabbitMQ with
+    empty queues."""
     if {"redis_client", "celery_worker", "broker"} & set(request.fixturenames):
         request.getfixturevalue("redis_client").flushdb()
+        if broker_is_amqp():
+            purge_amqp_queues()
 
 
 @pytest.fixture
@@ -137,7 +191,17 @@ def celery_worker_pool() -> str:
 
 @pytest.fixture(scope="session")
 def celery_worker_parameters() -> dict[str, Any]:
-    return {"perform_ping_check": False, "queues": ["default", "whatsapp-send"], "shutdown_timeout": 20}
+    parameters: dict[str, Any] = {
+        "perform_ping_check": False,
+        "queues": ["default", "whatsapp-send"],
+        "shutdown_timeout": 20,
+    }
+    if broker_is_amqp():
+        # On RabbitMQ the embedded solo worker with a prefetch of 1 picks up the delivery that follows an ack
+        # only at its event loop's next 10 s tick (a real `celery worker -P solo -c 1` does not): a prefetch of
+        # 2 keeps the immediate retries on time, as on a real worker.
+        parameters["concurrency"] = 2
+    return parameters
 
 
 @pytest.fixture(scope="session")
@@ -201,9 +265,14 @@ def subprocess_env(redis_client: redis.Redis) -> Iterator[dict[str, str]]:
     env.update(
         {
             "DATABASE_URL": database_url(),
-            "REDIS_URL": settings.CELERY_BROKER_URL,
+            "REDIS_URL": settings.REDIS_URL,
             "DJANGO_SETTINGS_MODULE": "project.settings",
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # The broker follows REDIS_URL unless it is another (RabbitMQ): a test that changes REDIS_URL changes both.
+    if settings.CELERY_BROKER_URL != settings.REDIS_URL:
+        env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL
+    else:
+        env.pop("CELERY_BROKER_URL", None)
     yield env

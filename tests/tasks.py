@@ -1,4 +1,5 @@
-"""Tasks the tests run. Side effects go to Redis, so that the test can see them from any process."""
+"""Tasks the tests run. Side effects go to Redis (``REDIS_URL``: the broker's, or beside RabbitMQ the status
+Redis), so that the test can see them from any process."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from queueing.exceptions import PermanentError
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return redis.Redis.from_url(settings.REDIS_URL)
 
 
 class Boom(RuntimeError):

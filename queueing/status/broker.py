@@ -1,13 +1,19 @@
-"""The broker, as the status sees it: how many messages wait on each queue, and the Redis it talks to.
+"""The broker, as the status sees it: how many messages wait on each queue, and the Redis the status keeps its
+counters and shared copies in.
 
-``Broker`` is the one question the report asks of the transport (``queue_lengths``); ``RedisBroker`` answers
-it for kombu's Redis transport (``LLEN`` of the queue's list and of its priority lists,
-``<queue>\\x06\\x16<step>``, in one pipelined round trip). Another transport (RabbitMQ: a passive
-``queue_declare`` per queue) is one more class here and one more branch in ``current_broker()``.
+``Broker`` is the one question the report asks of the transport (``queue_lengths``):
 
-The counters (``counter_store.py``) and the shared copies (``cache.py``) live in the broker's Redis too, reached
-through ``broker_redis()``: short timeouts, no retries. Every Redis call of the status goes through
-``answered()``, which turns a Redis error into ``Unavailable("the broker did not answer: …")``.
+- ``RedisBroker`` (``redis://``, ``rediss://``, ``sentinel://``): ``LLEN`` of the queue's list and of its priority
+  lists, ``<queue>\\x06\\x16<step>``, in one pipelined round trip.
+- ``AmqpBroker`` (``amqp://``, RabbitMQ): a passive ``queue_declare`` per queue on one short-lived connection;
+  its ``message_count`` is what waits (ready, not yet delivered to a worker), as ``LLEN`` is on Redis. Needs
+  nothing but the AMQP port (no management plugin).
+
+The counters (``counter_store.py``) and the shared copies (``cache.py``) live in a Redis reached through
+``broker_redis()`` (short timeouts, no retries): the broker's own when the broker is Redis (a Sentinel URL: the
+master the sentinels name), else ``REDIS_URL``; with ``REDIS_URL`` empty there is none and those figures are
+unavailable, with that reason. Every Redis call of the status goes through ``answered()``, which turns a Redis
+error into ``Unavailable("the broker did not answer: …")`` (or "the status Redis (REDIS_URL) did not answer").
 """
 
 from __future__ import annotations
@@ -18,14 +24,17 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import redis
+from django.conf import settings
+from kombu import Connection
 from kombu.transport.redis import PRIORITY_STEPS
 from kombu.transport.redis import Channel as RedisChannel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from queueing import registry
 from queueing.conf import get_settings
@@ -46,7 +55,8 @@ def answered() -> Iterator[None]:
     try:
         yield
     except redis.RedisError as exc:
-        raise Unavailable(f"the broker did not answer: {describe(exc)}") from exc
+        who = "the broker" if _layout().scheme in REDIS_SCHEMES else "the status Redis (REDIS_URL)"
+        raise Unavailable(f"{who} did not answer: {describe(exc)}") from exc
 
 
 class Broker(Protocol):
@@ -74,9 +84,67 @@ class RedisBroker:
         return {queue: sum(lengths[i * len(steps) : (i + 1) * len(steps)]) for i, queue in enumerate(queues)}
 
 
+@dataclass(frozen=True)
+class AmqpBroker:
+    """RabbitMQ: ``message_count`` of a passive ``queue_declare`` (a queue that does not exist holds 0)."""
+
+    url: str
+    timeout_seconds: float
+    ssl: bool | dict[str, Any] = False
+
+    def queue_lengths(self, queues: Sequence[str]) -> dict[str, int]:
+        t = self.timeout_seconds
+        connection = Connection(
+            self.url,
+            connect_timeout=t,
+            ssl=self.ssl,
+            heartbeat=0,
+            transport_options={"read_timeout": t, "write_timeout": t},
+        )
+        lengths: dict[str, int] = {}
+        errors: tuple[type[Exception], ...] = (
+            *cast(tuple[type[Exception], ...], connection.connection_errors),
+            OSError,
+        )
+        try:
+            with connection:
+                connection.connect()
+                channel: Any = connection.channel()
+                channel_errors = cast(tuple[type[Exception], ...], connection.channel_errors)
+                for queue in queues:
+                    try:
+                        lengths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                    except channel_errors:  # 404 NOT_FOUND closes the channel: open another
+                        lengths[queue] = 0
+                        channel = connection.channel()
+        except errors as exc:
+            raise Unavailable(f"the broker did not answer: {describe(exc)}") from exc
+        return lengths
+
+
+#: kombu transports whose messages live in Redis lists.
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+#: kombu transports that speak AMQP 0-9-1 to RabbitMQ.
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def redis_is_broker() -> bool:
+    """The status Redis is the broker itself (one server: when it does not answer, neither does the broker)."""
+    return _layout().scheme in REDIS_SCHEMES
+
+
 def current_broker() -> Broker:
-    """The broker of the Celery app. ``Unavailable`` for a transport the status cannot read yet."""
-    return RedisBroker(broker_redis())
+    """The broker of the Celery app. ``Unavailable`` for a transport the status cannot read."""
+    layout = _layout()
+    if layout.scheme in REDIS_SCHEMES:
+        return RedisBroker(broker_redis())
+    if layout.scheme in AMQP_SCHEMES:
+        use_ssl = registry.celery_app().conf.broker_use_ssl
+        ssl = use_ssl if isinstance(use_ssl, bool | dict) else False
+        return AmqpBroker(layout.url, get_settings().status_broker_timeout_seconds, ssl=ssl)
+    raise Unavailable(
+        f"the broker is {layout.scheme}://; the status reads the queue lengths of Redis and RabbitMQ (amqp://) only"
+    )
 
 
 # --- the broker's Redis ---------------------------------------------------------------------------------------
@@ -84,10 +152,15 @@ def current_broker() -> Broker:
 
 @dataclass(frozen=True)
 class _Layout:
+    #: The broker's first URL (a failover list ``a;b`` is read at its first), and all of them.
     url: str
+    urls: tuple[str, ...]
+    scheme: str
     #: kombu's ``global_keyprefix``: it prefixes its own keys with it, and so do we.
     key_prefix: str
     priority_steps: tuple[int, ...]
+    #: Sentinel's ``master_name`` transport option.
+    master_name: str
 
 
 @functools.cache
@@ -98,8 +171,13 @@ def _layout() -> _Layout:
     if isinstance(url, list | tuple):
         url = url[0]
     options = app.conf.broker_transport_options or {}
+    urls = tuple(part.strip() for part in url.split(";") if part.strip())
+    scheme = urlsplit(urls[0] if urls else "").scheme.split("+")[0].lower()
     return _Layout(
-        url=url.split(";")[0],
+        url=urls[0] if urls else "",
+        urls=urls,
+        scheme=scheme,
+        master_name=str(options.get("master_name", "")),
         key_prefix=str(options.get("global_keyprefix", "")),
         priority_steps=tuple(options.get("priority_steps", PRIORITY_STEPS)),
     )
@@ -114,27 +192,60 @@ _clients: dict[tuple[int, str, float], redis.Redis] = {}
 _clients_lock = threading.Lock()
 
 
+def status_redis_url() -> str:
+    """The URL of the status's Redis: the broker's when it is Redis, else ``REDIS_URL`` ("" for none)."""
+    layout = _layout()
+    if layout.scheme in REDIS_SCHEMES:
+        return layout.url
+    return str(getattr(settings, "REDIS_URL", "") or "")
+
+
 def broker_redis() -> redis.Redis:
-    """A client of the broker's Redis: short timeouts, no retries. ``Unavailable`` for another transport.
+    """A client of the status's Redis (the broker's when it is Redis, else ``REDIS_URL``): short timeouts, no
+    retries. ``Unavailable`` when there is none.
 
     One per process (redis-py's pool is thread-safe, and rebuilt after a fork).
     """
-    url = _layout().url
+    layout = _layout()
+    url = status_redis_url()
     scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "rediss"):
-        raise Unavailable(f"the broker is {scheme}://; these figures need the Redis transport")
+    if scheme not in REDIS_SCHEMES:
+        raise Unavailable(
+            f"the broker is {layout.scheme}:// and REDIS_URL is {'empty' if not url else scheme + '://'}: the "
+            "counters and shared copies of the status need a Redis; set REDIS_URL (docs/brokers.md)"
+        )
     timeout = get_settings().status_broker_timeout_seconds
     client_key = (os.getpid(), url, timeout)
     with _clients_lock:
         if (client := _clients.get(client_key)) is None:
-            use_ssl = registry.celery_app().conf.broker_use_ssl
-            ssl = use_ssl if scheme == "rediss" and isinstance(use_ssl, dict) else {}
-            client = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                **ssl,
-            )
+            client = _sentinel_master(layout, timeout) if scheme == "sentinel" else _redis_client(url, timeout)
             _clients[client_key] = client
     return client
+
+
+def _redis_client(url: str, timeout: float) -> redis.Redis:
+    use_ssl = registry.celery_app().conf.broker_use_ssl
+    ssl = use_ssl if urlsplit(url).scheme == "rediss" and isinstance(use_ssl, dict) else {}
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), **ssl
+    )
+
+
+def _sentinel_master(layout: _Layout, timeout: float) -> redis.Redis:
+    """The master that the broker's sentinels name (``master_name`` transport option), as kombu finds it."""
+    if not layout.master_name:
+        raise Unavailable("the broker is sentinel:// without the 'master_name' transport option")
+    parts = [urlsplit(url) for url in layout.urls]
+    first = parts[0]
+    db = int(first.path.strip("/") or 0)
+    sentinel = Sentinel(
+        [(part.hostname or "127.0.0.1", part.port or 26379) for part in parts],
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    master: redis.Redis = sentinel.master_for(
+        layout.master_name, db=db, username=first.username, password=first.password
+    )
+    return master

@@ -10,7 +10,7 @@ import redis
 
 from queueing import registry
 from queueing.models import FailedJob
-from queueing.status.broker import Unavailable, answered, broker_redis, current_broker
+from queueing.status.broker import Unavailable, answered, broker_redis, current_broker, redis_is_broker
 from queueing.status.counter_store import counter
 from queueing.status.groups import GroupFigures, Paused, group_figures, paused
 from queueing.status.jobs import JobSnapshot, RecentFailure, job_snapshot, query_jobs
@@ -104,15 +104,26 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
     unavailable: dict[Figure, str] = {}
     waiting: dict[str, int] | None = None
     completed: dict[str, int] | None = None
-    if client is not None:
+    # waiting: the broker; completed: the status Redis. The same server unless the broker is not Redis (RabbitMQ):
+    # then one may answer while the other does not, and each figure names its own reason.
+    waiting_problem = broker_problem
+    if client is not None or not redis_is_broker():
         try:
             waiting = current_broker().queue_lengths(names)
+        except Unavailable as exc:
+            waiting_problem = str(exc)
+            if redis_is_broker():
+                client, broker_problem = None, str(exc)
+    if client is not None:
+        try:
             completed = counter("completed", names, client=client)
         except Unavailable as exc:
             client, broker_problem = None, str(exc)
+    if waiting is None:
+        unavailable["waiting"] = waiting_problem
     if client is None:
-        waiting = completed = None
-        unavailable["waiting"] = unavailable["completed"] = broker_problem
+        completed = None
+        unavailable["completed"] = broker_problem
 
     workers = NoReport(reason=broker_problem) if client is None else workers_snapshot(client, wait=wait_for_workers)
     report = workers if isinstance(workers, WorkersReport) and workers.ok else None
