@@ -1,4 +1,6 @@
-"""The counters store: what the workers count as it happens, kept in the broker's Redis.
+"""The counters store: what the workers count as it happens, kept in the status Redis (the broker's own when the
+broker is Redis; beside RabbitMQ, ``REDIS_URL``; none when that is empty: then nothing is counted and the
+figures say why, see ``broker.broker_redis``).
 
 ``COUNTERS``, one Redis hash each (field = queue), added to by the signal handlers
 (``queueing/signals.py``): ``completed`` is read by the status report, all four by ``/metrics``. The sweep's
@@ -37,11 +39,23 @@ def _counter_key(counter: str) -> str:
     return key(f"queueing:{counter}")
 
 
+#: Said once per process: there is no status Redis (the broker is not Redis and REDIS_URL is empty).
+_no_store_said = False
+
+
 def count(counter: str, queue: str, *, by: int = 1) -> None:
     """Add to one of ``COUNTERS`` for ``queue``. Never raises: a metric must not fail a task."""
+    global _no_store_said
     try:
-        broker_redis().hincrby(_counter_key(counter), queue, by)
-    except (Unavailable, redis.RedisError) as exc:
+        client = broker_redis()
+    except Unavailable as exc:  # a setting, not an outage: said once, not once per task
+        if not _no_store_said:
+            _no_store_said = True
+            logger.warning("the counters are not kept: %s", exc)
+        return
+    try:
+        client.hincrby(_counter_key(counter), queue, by)
+    except redis.RedisError as exc:
         logger.warning("could not count %s for queue %s: %s", counter, queue, describe(exc))
 
 

@@ -1,0 +1,209 @@
+"""RabbitMQ as the broker: queue lengths read from RabbitMQ itself, priorities, the status Redis beside it,
+the consumer_timeout check; and Sentinel's master for the status figures.
+
+The tests that need RabbitMQ run in bin/test's RabbitMQ pass (``TEST_BROKERS="redis rabbitmq"``, a vhost of
+their own); in the Redis passes they are skipped. The pipeline, status and outage tests that run on RabbitMQ
+too are listed in ``RABBITMQ_TESTS`` (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.core import checks
+from kombu import Connection
+
+from queueing import status
+from queueing.broker_checks import check_consumer_timeout
+from queueing.status import broker as status_broker
+from queueing.status.broker import AmqpBroker, Unavailable
+from tests import tasks
+from tests.conftest import broker_is_amqp, free_port, stop, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+needs_rabbitmq = pytest.mark.skipif(
+    not broker_is_amqp(), reason="needs CELERY_BROKER_URL=amqp://… (bin/test's RabbitMQ pass)"
+)
+
+
+def _amqp_broker() -> AmqpBroker:
+    return AmqpBroker(settings.CELERY_BROKER_URL, 2.0)
+
+
+@needs_rabbitmq
+def test_waiting_is_the_number_of_messages_rabbitmq_holds_on_each_queue(broker: redis.Redis) -> None:
+    # Given three messages on whatsapp-send and one on default, and no worker
+    for _ in range(3):
+        tasks.succeed.apply_async(queue="whatsapp-send")
+    tasks.succeed.apply_async(queue="default")
+
+    # Then the status reads them from RabbitMQ (publishes are asynchronous: poll), and counts nothing else
+    def waiting() -> dict[str, int | None]:
+        return {name: queue.waiting for name, queue in status.queue_status().queues.items()}
+
+    wait_for(lambda: waiting() == {"default": 1, "whatsapp-send": 3}, what="the four messages to be counted")
+    assert "waiting" not in status.queue_status().unavailable
+
+
+@needs_rabbitmq
+def test_a_queue_rabbitmq_does_not_have_holds_nothing(broker: redis.Redis) -> None:
+    assert _amqp_broker().queue_lengths(["no-such-queue", "default", "no-such-queue-either"]) == {
+        "no-such-queue": 0,
+        "default": 0,
+        "no-such-queue-either": 0,
+    }
+
+
+@needs_rabbitmq
+def test_a_more_urgent_message_is_delivered_first_because_the_queues_have_x_max_priority(broker: redis.Redis) -> None:
+    # Given a message of priority 0, then one of priority 9, on a queue nobody consumes yet
+    low = tasks.succeed.apply_async(args=["low"], queue="default", priority=0)
+    high = tasks.succeed.apply_async(args=["high"], queue="default", priority=9)
+    wait_for(lambda: _amqp_broker().queue_lengths(["default"])["default"] == 2, what="both messages")
+
+    # When a consumer takes one, then the other
+    with Connection(settings.CELERY_BROKER_URL) as connection:
+        channel: Any = connection.channel()
+        first = channel.basic_get("default", no_ack=True)
+        second = channel.basic_get("default", no_ack=True)
+
+    # Then the urgent one comes first
+    assert [first.headers["id"], second.headers["id"]] == [high.id, low.id]
+
+
+def test_a_rabbitmq_that_does_not_answer_is_named_after_one_timeout(silent_port: int) -> None:
+    # Given an AMQP port that accepts connections and never answers
+    hung = AmqpBroker(f"amqp://guest:guest@127.0.0.1:{silent_port}//", 0.5)
+
+    # Then the queue lengths are unavailable, saying why, after about one timeout
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match=r"^the broker did not answer: "):
+        hung.queue_lengths(["default"])
+    assert time.monotonic() - started < 5
+
+
+def test_a_rabbitmq_that_is_not_there_is_named() -> None:
+    with pytest.raises(Unavailable, match=r"^the broker did not answer: "):
+        AmqpBroker(f"amqp://guest:guest@127.0.0.1:{free_port()}//", 0.5).queue_lengths(["default"])
+
+
+@needs_rabbitmq
+def test_without_a_status_redis_the_counters_are_unavailable_and_the_queue_lengths_are_not(
+    broker: redis.Redis, settings: Any
+) -> None:
+    # Given RabbitMQ as the broker and no Redis for the status
+    settings.REDIS_URL = ""
+    tasks.succeed.apply_async(queue="default")
+
+    # Then waiting still comes from RabbitMQ, and completed says what to set
+    report = wait_for(
+        lambda: (r := status.queue_status()).queues["default"].waiting == 1 and r, what="the message to be counted"
+    )
+    assert report.queues["default"].completed is None
+    assert report.unavailable["completed"].startswith("the broker is amqp:// and REDIS_URL is empty")
+    assert "set REDIS_URL" in report.unavailable["completed"]
+    # and a worker's count is dropped (said once), never raised
+    status.count("completed", "default")
+
+
+def test_the_consumer_timeout_check_warns_when_a_worker_could_hold_a_message_longer(settings: Any) -> None:
+    # Given RabbitMQ, whose consumer_timeout is 30 minutes
+    settings.BROKER_IS_AMQP = True
+    settings.RABBITMQ_CONSUMER_TIMEOUT_SECONDS = 1800
+
+    # Then the default countdown cap (600 s) and hard time limit (600 s) fit
+    settings.CELERY_TASK_TIME_LIMIT = 600
+    assert check_consumer_timeout() == []
+
+    # and a 1500 s time limit does not: 600 + 1500 s is over 1800 s
+    settings.CELERY_TASK_TIME_LIMIT = 1500
+    [warning] = check_consumer_timeout()
+    assert warning.id == "queueing.W101" and warning.level == checks.WARNING
+    assert "2100 s" in warning.msg and "consumer_timeout (1800 s" in warning.msg
+
+    # nor does no time limit at all
+    settings.CELERY_TASK_TIME_LIMIT = None
+    [warning] = check_consumer_timeout()
+    assert "CELERY_TASK_TIME_LIMIT is not set" in warning.msg
+
+    # and on Redis the check has nothing to say (its visibility_timeout is set longer by the settings)
+    settings.BROKER_IS_AMQP = False
+    assert check_consumer_timeout() == []
+
+
+# --- Redis Sentinel ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sentinel_port(redis_client: redis.Redis, tmp_path: Path) -> Iterator[int]:
+    """A Redis Sentinel (``redis-server --sentinel``) that names the tests' Redis as master ``queueing``."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    host, port = (
+        redis_client.connection_pool.connection_kwargs["host"],
+        redis_client.connection_pool.connection_kwargs["port"],
+    )
+    sentinel_port = free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor queueing {host} {port} 1\nsentinel down-after-milliseconds queueing 60000\n"
+    )
+    process = subprocess.Popen(["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL)
+    try:
+        probe = redis.Redis(port=sentinel_port, socket_timeout=1)
+        wait_for(lambda: _answers(probe), timeout=10, what="the sentinel to answer")
+        yield sentinel_port
+    finally:
+        stop(process)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def test_with_a_sentinel_url_the_status_reads_the_master_the_sentinels_name(
+    sentinel_port: int, redis_client: redis.Redis
+) -> None:
+    # Given the broker URL kombu takes for Sentinel, with the master_name transport option
+    db = redis_client.connection_pool.connection_kwargs["db"]
+    url = f"sentinel://127.0.0.1:{sentinel_port}/{db}"
+    layout = status_broker._Layout(
+        url=url,
+        urls=(url, f"sentinel://127.0.0.1:{free_port()}/{db}"),
+        scheme="sentinel",
+        key_prefix="",
+        priority_steps=(0,),
+        master_name="queueing",
+    )
+    redis_client.rpush("default", b"one", b"two")
+
+    # Then the status's Redis is that master (the second, absent sentinel is passed over)
+    client = status_broker._sentinel_master(layout, 1.0)
+    assert client.llen("default") == 2
+    assert status_broker.RedisBroker(client).queue_lengths(["default"]) == {"default": 2}
+
+
+def test_a_sentinel_url_without_a_master_name_is_named() -> None:
+    layout = status_broker._Layout(
+        url="sentinel://127.0.0.1:26379",
+        urls=("sentinel://127.0.0.1:26379",),
+        scheme="sentinel",
+        key_prefix="",
+        priority_steps=(0,),
+        master_name="",
+    )
+    with pytest.raises(Unavailable, match="master_name"):
+        status_broker._sentinel_master(layout, 0.5)
