@@ -13,6 +13,8 @@ import importlib
 import io
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -351,3 +353,67 @@ def test_the_checks_catch_a_build_without_a_dockerfile() -> None:
     doc["services"]["web"]["build"] = "./nowhere"
 
     assert any("web: builds from" in p for p in service_problems(doc))
+
+
+# --- the RabbitMQ variant: compose.rabbitmq.yaml over compose.yaml ---------------------------------------------
+
+RABBITMQ_OVERRIDE = ROOT / "compose.rabbitmq.yaml"
+#: Lists that Compose appends when it merges an override file; every other list (command, healthcheck) is replaced.
+APPENDED_LISTS = {"ports", "expose", "volumes", "dns"}
+
+
+def merge(base: Any, override: Any, key: str = "") -> Any:
+    """``docker compose -f base -f override``: mappings merged key by key, the lists above appended."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for k, value in override.items():
+            merged[k] = merge(base[k], value, k) if k in base else value
+        return merged
+    if isinstance(base, list) and isinstance(override, list) and key in APPENDED_LISTS:
+        return base + [item for item in override if item not in base]
+    return override
+
+
+def load_rabbitmq_variant() -> dict[str, Any]:
+    return merge(load(), yaml.safe_load(RABBITMQ_OVERRIDE.read_text()))
+
+
+def test_the_rabbitmq_variant_passes_every_check_and_sends_every_service_to_rabbitmq() -> None:
+    doc = load_rabbitmq_variant()
+    services = doc["services"]
+
+    assert all_problems(doc) == []
+    assert services["rabbitmq"]["image"].startswith("rabbitmq:3.")
+    assert "rabbitmq-data" in doc["volumes"]
+    for name, service in app_services(doc).items():
+        env = environment(service)
+        assert env["CELERY_BROKER_URL"].startswith("amqp://"), name
+        assert "@rabbitmq:5672/" in env["CELERY_BROKER_URL"], name
+        # Redis stays, for the status counters and shared copies
+        assert env["REDIS_URL"] == "redis://redis:6379/0", name
+    for name in ("web", "worker", "beat", "flower"):
+        assert services[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+        # what compose.yaml gave them is kept, not replaced
+        assert "redis" in services[name]["depends_on"], name
+    assert argv(services["worker"])[:4] == ["celery", "-A", "project", "worker"]
+
+
+def test_the_rabbitmq_variants_healthcheck_is_a_command_rabbitmq_has() -> None:
+    words = load_rabbitmq_variant()["services"]["rabbitmq"]["healthcheck"]["test"]
+    assert words[:2] == ["CMD", "rabbitmq-diagnostics"]
+    if shutil.which("rabbitmq-diagnostics") is None:
+        pytest.skip("rabbitmq-diagnostics is not installed here")
+    subcommand = next(word for word in words[2:] if not word.startswith("-"))
+
+    help_text = subprocess.run(["rabbitmq-diagnostics", "help", subcommand], capture_output=True, timeout=60)
+
+    assert help_text.returncode == 0, help_text.stderr
+
+
+def test_the_checks_catch_a_misspelled_variable_in_the_rabbitmq_variant() -> None:
+    override = yaml.safe_load(RABBITMQ_OVERRIDE.read_text())
+    override["services"]["worker"]["environment"] = {"CELERY_BROKR_URL": "amqp://rabbitmq"}
+
+    problems = env_problems(merge(load(), override))
+
+    assert "worker: CELERY_BROKR_URL is read by neither the settings nor Flower" in problems
