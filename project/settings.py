@@ -224,7 +224,11 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
 # unacknowledged message after this long. The 5-minute sweep delay is kept in the database, not here.
 # RabbitMQ has no visibility timeout; its consumer_timeout (below) bounds the same span instead.
 _VISIBILITY_TIMEOUT_SECONDS = 2 * 3600
-CELERY_BROKER_TRANSPORT_OPTIONS = {} if BROKER_IS_AMQP else {"visibility_timeout": _VISIBILITY_TIMEOUT_SECONDS}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
+    {} if BROKER_IS_AMQP else {"visibility_timeout": _VISIBILITY_TIMEOUT_SECONDS}
+)
+if _BROKER_SCHEME == "sentinel":  # sentinel://host:26379;sentinel://host2:26379/0: the master the sentinels name
+    CELERY_BROKER_TRANSPORT_OPTIONS["master_name"] = env.str("REDIS_SENTINEL_MASTER_NAME", default="")
 # RabbitMQ (3.8.15 and later) closes the channel of a consumer that holds a delivery unacknowledged longer than
 # its consumer_timeout (default 30 minutes). A worker holds a countdown message until it runs and then until it
 # ends (late ack): the longest immediate-retry countdown plus the hard time limit must stay under it; the
