@@ -125,7 +125,7 @@ class QueueingSettings:
         key="STATUS_BROKER_TIMEOUT_SECONDS",
         unit="seconds",
         minimum=0.01,
-        help="seconds the queue status waits for Redis (connect, then each reply)",
+        help="seconds the queue status waits for the broker and Redis (connect, then each reply)",
     )
     status_inspect_timeout_seconds: float = setting(
         1.0,

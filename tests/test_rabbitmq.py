@@ -19,14 +19,17 @@ import pytest
 import redis
 from django.conf import settings
 from django.core import checks
+from django.test import Client
 from kombu import Connection
 
 from queueing import status
 from queueing.broker_checks import check_consumer_timeout
+from queueing.models import FailedJob
 from queueing.status import broker as status_broker
 from queueing.status.broker import AmqpBroker, Unavailable
 from tests import tasks
 from tests.conftest import broker_is_amqp, free_port, stop, wait_for
+from tests.test_admin import _run_action, _staff, _status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -78,6 +81,22 @@ def test_a_more_urgent_message_is_delivered_first_because_the_queues_have_x_max_
 
     # Then the urgent one comes first
     assert [first.headers["id"], second.headers["id"]] == [high.id, low.id]
+
+
+@needs_rabbitmq
+def test_an_operators_retry_from_the_admin_goes_through_rabbitmq_and_resolves_the_job(
+    celery_worker: Any, broker: redis.Redis, make_failed_job: Any
+) -> None:
+    # Given a failed job of a task that now succeeds, and an operator
+    job = make_failed_job(task_name="tests.tasks.succeed", args=["admin-on-rabbitmq"])
+    operator = Client()
+    operator.force_login(_staff("operator", "view_failedjob", "change_failedjob"))
+
+    # When the operator picks "Retry selected now" and confirms
+    _run_action(operator, "retry_selected", [job])
+
+    # Then the clone goes through RabbitMQ to the worker, and the row is resolved
+    wait_for(lambda: _status(job) == FailedJob.Status.RESOLVED, what="the retried job to be resolved")
 
 
 def test_a_rabbitmq_that_does_not_answer_is_named_after_one_timeout(silent_port: int) -> None:

@@ -3,9 +3,10 @@
 
 Where each figure comes from, and what one request costs:
 
-1. ``waiting``: the broker (``broker.py``; Redis today, behind the ``Broker`` interface). ``LLEN`` of the
-   queue's list and of its priority lists, in one pipelined round trip with short timeouts and no retries
-   (``STATUS_BROKER_TIMEOUT_SECONDS``).
+1. ``waiting``: the broker (``broker.py``, behind the ``Broker`` interface). Redis: ``LLEN`` of the queue's
+   list and of its priority lists, in one pipelined round trip; RabbitMQ: a passive ``queue_declare`` per queue
+   on one connection. Short timeouts, no retries (``STATUS_BROKER_TIMEOUT_SECONDS``). The counters and shared
+   copies below live in the status Redis: the broker's own, or ``REDIS_URL`` beside RabbitMQ (docs/brokers.md).
 2. ``completed``: every worker adds one to ``queueing:completed`` (a Redis hash, field = queue) when a task
    succeeds (``task_success``, ``queueing/signals.py``): the counters store, ``counter_store.py``.
 3. ``active`` and ``delayed`` (tasks held by a worker with an ETA or countdown, immediate retries
