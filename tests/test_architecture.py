@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 #: Lowest first, as in docs/architecture.md. A package stands for all its modules.
 LAYERS: list[set[str]] = [
     {"policy", "backoff", "breaker", "fingerprint"},
-    {"models", "registry", "autoretry", "conf", "http", "exceptions", "migrations", "workflow"},
+    {"models", "registry", "autoretry", "conf", "http", "exceptions", "migrations", "workflow", "broker_checks"},
     {"lifecycle"},
     {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses"},
     {"status", "alerts"},

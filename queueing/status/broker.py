@@ -108,7 +108,8 @@ class AmqpBroker:
         )
         try:
             with connection:
-                connection.connect()
+                # One attempt: connect() would retry once after 2 s; a broker that does not answer costs one timeout.
+                connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
                 channel: Any = connection.channel()
                 channel_errors = cast(tuple[type[Exception], ...], connection.channel_errors)
                 for queue in queues:
