@@ -1,5 +1,5 @@
 """RabbitMQ as the broker: queue lengths read from RabbitMQ itself, priorities, the status Redis beside it,
-the consumer_timeout check; and Sentinel's master for the status figures.
+the consumer_timeout check; and the status figures on Redis over TLS and behind Sentinel.
 
 The tests that need RabbitMQ run in bin/test's RabbitMQ pass (``TEST_BROKERS="redis rabbitmq"``, a vhost of
 their own); in the Redis passes they are skipped. The pipeline, status and outage tests that run on RabbitMQ
@@ -9,7 +9,9 @@ too are listed in ``RABBITMQ_TESTS`` (tests/conftest.py).
 from __future__ import annotations
 
 import shutil
+import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,3 +248,61 @@ def test_a_sentinel_url_without_a_master_name_is_named() -> None:
     )
     with pytest.raises(Unavailable, match="master_name"):
         status_broker._sentinel_master(layout, 0.5)
+
+
+# --- Redis over TLS ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A Redis that speaks TLS only (a self-signed certificate for 127.0.0.1): its port and the certificate."""
+    if shutil.which("redis-server") is None or shutil.which("openssl") is None:
+        pytest.skip("needs redis-server and openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+         "--tls-auth-clients", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        probe = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), socket_timeout=1)
+        wait_for(lambda: _answers(probe), timeout=10, what="the TLS Redis to answer")
+        yield port, cert
+    finally:
+        stop(process)
+
+
+def test_with_a_rediss_broker_the_status_reads_queue_lengths_and_counters_over_tls(
+    tls_redis: tuple[int, Path], monkeypatch: pytest.MonkeyPatch, celery_app: Any
+) -> None:
+    # Given a rediss:// broker whose certificate is checked against its CA (Celery's broker_use_ssl)
+    port, cert = tls_redis
+    url = f"rediss://127.0.0.1:{port}/0"
+    layout = status_broker._Layout(
+        url=url, urls=(url,), scheme="rediss", key_prefix="", priority_steps=(0, 3, 6, 9), master_name=""
+    )
+    monkeypatch.setattr(status_broker, "_layout", lambda: layout)
+    previous_ssl = celery_app.conf.broker_use_ssl
+    celery_app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(cert)}
+    try:
+        client = status_broker.broker_redis()
+        client.rpush("whatsapp-send", b"one", b"two")
+        status.count("completed", "whatsapp-send", by=5)
+
+        # Then the status reads both over TLS
+        report = status.queue_status(queue="whatsapp-send")
+        assert (report.queues["whatsapp-send"].waiting, report.queues["whatsapp-send"].completed) == (2, 5)
+        assert "waiting" not in report.unavailable and "completed" not in report.unavailable
+    finally:
+        celery_app.conf.broker_use_ssl = previous_ssl
+        # the workers' report is refreshed in the background: let it end before this Redis does
+        for thread in threading.enumerate():
+            if thread.name.startswith("refresh queueing:"):
+                thread.join(timeout=10)
