@@ -232,7 +232,7 @@ if _BROKER_SCHEME == "sentinel":  # sentinel://host:26379;sentinel://host2:26379
 # RabbitMQ (3.8.15 and later) closes the channel of a consumer that holds a delivery unacknowledged longer than
 # its consumer_timeout (default 30 minutes). A worker holds a countdown message until it runs and then until it
 # ends (late ack): the longest immediate-retry countdown plus the hard time limit must stay under it; the
-# queueing.W001 check says so at start-up. Set this to the server's value if you changed it there.
+# queueing.W101 check says so at start-up. Set this to the server's value if you changed it there.
 RABBITMQ_CONSUMER_TIMEOUT_SECONDS = env.int("RABBITMQ_CONSUMER_TIMEOUT_SECONDS", default=1800)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {

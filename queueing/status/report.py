@@ -119,6 +119,8 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
             completed = counter("completed", names, client=client)
         except Unavailable as exc:
             client, broker_problem = None, str(exc)
+            if redis_is_broker():  # one server: what it said a moment ago is not reported as an answer
+                waiting, waiting_problem = None, str(exc)
     if waiting is None:
         unavailable["waiting"] = waiting_problem
     if client is None:
