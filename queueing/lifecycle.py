@@ -18,7 +18,7 @@ from django.db.models import F
 
 from queueing.exceptions import InvalidTransition
 from queueing.models import FailedJob, FailedJobQuerySet, FailureGroup
-from queueing.policy import RetryPolicy, Verdict, after_failure, after_lost_clone
+from queueing.policy import ClassifiedError, ErrorKind, RetryPolicy, Verdict, after_failure, after_lost_clone
 
 Status = FailedJob.Status
 Reason = FailedJob.Reason
@@ -76,7 +76,8 @@ def fail(
     exception_class: str,
     exception_message: str,
     traceback: str,
-    permanent: bool,
+    permanent: bool = False,
+    error: ClassifiedError | None = None,
     policy: RetryPolicy,
     now: datetime,
     group: FailureGroup | None = None,
@@ -85,6 +86,8 @@ def fail(
 
     An existing row must be ``failed`` or ``dead`` (its original call failed again) or ``retrying`` (a clone
     under its claim, which the caller checked). ``group``: the failure's group (its cause), if known.
+    ``error`` is the worker's ``policy.classify`` of the exception.
+    A deferral (the server asked to be called later) gives a sweep's retry back: ``retry_count`` goes down again.
     """
     if job.pk is not None:
         _require(job, "record a failure of", (Status.FAILED, Status.DEAD, Status.RETRYING))
@@ -96,17 +99,32 @@ def fail(
     job.attempts += attempts
     job.last_failed_at = now
     job.latest_task_id = task_id
+    written = ["exception_class", "exception_message", "traceback", "attempts", "last_failed_at", "latest_task_id"]
+    deferred = error is not None and error.kind is ErrorKind.DEFERRED
+    given_back = deferred and job.status == Status.RETRYING and job.claimed_by == ClaimedBy.SWEEP
+    if given_back:
+        job.retry_count -= 1  # a deferral the server asked for uses up no automatic retry
+        written.append("retry_count")
     job.add_event(
-        "failed", now, task_id=task_id, attempts=attempts, error=f"{exception_class}: {exception_message}"[:500]
+        "deferred" if deferred else "failed",
+        now,
+        task_id=task_id,
+        attempts=attempts,
+        error=f"{exception_class}: {exception_message}"[:500],
+        retry_after_seconds=error.retry_after_seconds if error is not None else None,
+        retry_given_back=True if given_back else None,
     )
     verdict = after_failure(
-        permanent=permanent, retry_count=job.retry_count, from_dead=job.claimed_from == Status.DEAD, policy=policy
+        permanent=permanent,
+        error=error,
+        retry_count=job.retry_count,
+        from_dead=job.claimed_from == Status.DEAD,
+        policy=policy,
     )
     settled = _settle(job, verdict, now=now)
     if job.pk is None:
         job.save()
         return
-    written = ["exception_class", "exception_message", "traceback", "attempts", "last_failed_at", "latest_task_id"]
     _save(job, [*written, "history", "group", *settled])
 
 

@@ -6,14 +6,23 @@ changes, sets the coded reason (``reason_code``, a ``FailedJob.Reason``) beside 
 and raises ``InvalidTransition`` for a move this story does not allow. Where a failing job goes (``failed`` or
 ``dead``, and why) is decided by the pure ``queueing/policy.py``.
 
+What each kind of error gets (``policy.ErrorKind``: transient, deferred, permanent) is the task's error
+policy (``retry_policy=``, the queue's default, the kind an exception class declares), read by the worker.
+
 1. A task call raises. ``RetryableTask`` retries it at once, ``IMMEDIATE_RETRIES`` times, waiting
-   ``BACKOFF_BASE * 2**n`` seconds (2, 4, 8). Nothing is written yet.
+   ``BACKOFF_BASE * 2**n`` seconds (2, 4, 8). Nothing is written yet. A server's ``Retry-After`` hint
+   (a deferral) sets the wait instead (capped by ``RETRY_AFTER_MAX``, jittered up by at most
+   ``RETRY_AFTER_JITTER``); a hint longer than ``BACKOFF_MAX``, an error whose rule says no immediate
+   retries, and a permanent error go to step 2 at once.
 2. The last immediate retry fails: ``record_failure`` writes one row, ``failed``, keyed by the original
    call's task id (``origin_task_id``, unique), with the task name, queue, JSON args/kwargs, the error,
-   ``first_failed_at``/``last_failed_at`` and ``next_retry_at = now + RETRY_DELAY``. A ``PermanentError``
-   (or ``MAX_RETRIES == 0``) writes it ``dead`` at once, with ``dead_at``. If the database cannot be
+   ``first_failed_at``/``last_failed_at`` and ``next_retry_at = now + RETRY_DELAY``, or the rule's own
+   delay (reason ``policy_delay``, e.g. a session not found). A deferral is due when the server said
+   (hint capped and jittered as in step 1), reason ``server_deferred``. A permanent error (a
+   ``PermanentError``, a rule with ``retry=False``; the reason names the error and its field) or
+   ``MAX_RETRIES == 0`` writes it ``dead`` at once, with ``dead_at``. If the database cannot be
    written then, the failure is handed to the broker (``record_failed_job``) and written when it is back.
-   [``fail``; reasons ``permanent_error``, ``retries_used_up``]
+   [``fail``; reasons ``permanent_error``, ``retries_used_up``, ``policy_delay``, ``server_deferred``]
    Each failure also names its cause: the ``FailureGroup`` of its fingerprint (task, exception class,
    normalised message; ``queueing/groups.py``), whose circuit breaker opens (``queueing/breaker.py``).
 3. The sweep (every ``CHECK_INTERVAL``) claims ``failed`` rows whose ``next_retry_at`` has passed and whose
@@ -36,8 +45,10 @@ and raises ``InvalidTransition`` for a move this story does not allow. Where a f
    the clone does nothing. The clone has its own immediate retries (step 1). [``start_clone``]
 5. The clone succeeds: ``resolved``, ``resolved_at``. It fails for good: the same row (never a second one)
    goes back to ``failed`` with a new ``next_retry_at``, or to ``dead`` (``dead_at``) once
-   ``retry_count >= MAX_RETRIES`` or when it had been ``dead`` before the operator's retry.
-   [``resolve``; ``fail``, reason ``retries_used_up`` or ``failed_after_operator_retry``]
+   ``retry_count >= MAX_RETRIES`` or when it had been ``dead`` before the operator's retry. A clone the
+   server deferred gives its automatic retry back (``retry_count - 1``): a rate limit is an expected event,
+   not a failure, so a job the server keeps deferring is never made dead for it.
+   [``resolve``; ``fail``, reason ``retries_used_up``, ``failed_after_operator_retry`` or ``server_deferred``]
 6. A lease runs out (the publish was lost, or the worker died): the sweep takes the row back. If the clone
    never started, the retry was never attempted: the row returns to the state it was claimed from and the
    retry is given back. If the clone started and vanished, the retry is used up and the row is ``failed``
@@ -128,6 +139,8 @@ class FailedJob(models.Model):
         OPERATOR_MARKED_DEAD = policy.Reason.OPERATOR_MARKED_DEAD.value, "Marked dead by an operator"
         EXPIRED = policy.Reason.EXPIRED.value, "Expired"
         MAX_AGE_EXCEEDED = policy.Reason.MAX_AGE_EXCEEDED.value, "Too old (MAX_AGE)"
+        SERVER_DEFERRED = policy.Reason.SERVER_DEFERRED.value, "Deferred by the server"
+        POLICY_DELAY = policy.Reason.POLICY_DELAY.value, "Waiting as the error policy says"
 
     class ClaimedBy(models.TextChoices):
         SWEEP = "sweep", "Automatic sweep"

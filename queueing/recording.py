@@ -17,6 +17,7 @@ from queueing import groups, lifecycle
 from queueing.autoretry import current_policy
 from queueing.conf import get_settings
 from queueing.models import FailedJob
+from queueing.policy import ClassifiedError, ErrorKind
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ class Failure:
     traceback: str
     attempts: int
     permanent: bool = False
+    #: ``policy.ErrorKind`` of the error, its words, the sweep's wait and the server's hint (``policy.classify``).
+    error_kind: str = ErrorKind.TRANSIENT.value
+    error_text: str = ""
+    delay_seconds: float | None = None
+    retry_after_seconds: float | None = None
     job_id: int | None = None
     claim_token: str | None = None
     #: The failing call left its workflow pending (``RetryableTask.__call__`` ended it with ``Ignore``).
@@ -52,6 +58,17 @@ class Failure:
             exception_message=str(exc)[: conf.message_max_chars],
             traceback=(traceback or "")[-conf.traceback_max_chars :],
             **fields,
+        )
+
+    def classified(self) -> ClassifiedError:
+        """The worker's classification of the error, as the lifecycle verbs take it."""
+        kind = ErrorKind.PERMANENT if self.permanent else ErrorKind(self.error_kind)
+        return ClassifiedError(
+            kind=kind,
+            retry_now=False,
+            retry_after_seconds=self.retry_after_seconds,
+            delay_seconds=self.delay_seconds,
+            text=self.error_text,
         )
 
 
@@ -100,7 +117,7 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
                 exception_class=failure.exception_class,
                 exception_message=failure.exception_message,
                 traceback=failure.traceback,
-                permanent=failure.permanent,
+                error=failure.classified(),
                 policy=policy,
                 now=now,
                 group=group,
@@ -112,12 +129,13 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
             return record_failure(failure, now=now)
         raise
     logger.info(
-        "job %s (%s) recorded %s after %s attempts: %s",
+        "job %s (%s) recorded %s after %s attempts: %s%s",
         job.pk,
         job.task_name,
         job.status,
         job.attempts,
         job.exception_class,
+        f" ({job.status_reason})" if job.status_reason else "",
     )
     return job
 
