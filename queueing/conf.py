@@ -120,6 +120,27 @@ class QueueingSettings:
         help="name patterns (fnmatch; comma-separated in the environment) of tasks that are not `RetryableTask` "
         "whose final failures are recorded and retried too (docs/workflows.md)",
     )
+    retry_after_max_seconds: float = setting(
+        3600.0,
+        key="RETRY_AFTER_MAX",
+        unit="seconds",
+        minimum=0,
+        help="seconds, the longest wait a server's `Retry-After` may ask for; a longer one is cut to this",
+    )
+    retry_after_jitter_ratio: float = setting(
+        0.1,
+        key="RETRY_AFTER_JITTER",
+        unit="share",
+        minimum=0,
+        help="up to this share of a `Retry-After` wait is added at random; never earlier than the server asked",
+    )
+    error_policies: tuple[str, ...] = setting(
+        (),
+        key="ERROR_POLICIES",
+        unit="",
+        help="`queue=dotted.path` of each queue's default error policy (an `ErrorPolicy` or a function returning "
+        "one; comma-separated in the environment)",
+    )
     status_broker_timeout_seconds: float = setting(
         0.5,
         key="STATUS_BROKER_TIMEOUT_SECONDS",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+from collections.abc import Callable
 from traceback import format_exc
 from typing import Any
 
@@ -17,7 +18,7 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.signals import task_failure
 from django.db import DatabaseError
 
-from queueing import backoff, claims, recording, signals, workflow
+from queueing import backoff, claims, errors, policy, recording, signals, workflow
 from queueing.conf import get_settings
 from queueing.exceptions import PermanentError
 from queueing.registry import HEADER_CANARY, HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, message_header
@@ -30,14 +31,18 @@ class RetryableTask(Task):
 
     Opt in with ``@shared_task(base=RetryableTask)``; the project's Celery app uses it as its default task
     class. Per task: ``immediate_retries=N`` overrides the setting; ``record_failures=False`` opts out of
-    the failure table; ``dont_autoretry_for`` adds exceptions that skip the immediate retries.
+    the failure table; ``dont_autoretry_for`` adds exceptions that skip the immediate retries;
+    ``retry_policy=`` (an ``ErrorPolicy``, or a function returning one) says what each kind of error gets,
+    over the queue's (``QUEUEING["ERROR_POLICIES"]``); ``PermanentError`` is dead at once, the rest transient.
     """
 
     autoretry_for = (Exception,)
-    dont_autoretry_for = (PermanentError, SoftTimeLimitExceeded)
+    dont_autoretry_for: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded,)
     #: None: ``QUEUEING["IMMEDIATE_RETRIES"]``.
     immediate_retries: int | None = None
     record_failures = True
+    #: This task's error policy (or a function returning it); None: the queue's and the defaults.
+    retry_policy: policy.ErrorPolicy | Callable[[], policy.ErrorPolicy] | None = None
 
     # Celery reads these two for every retry: ``Task.retry()`` (and so ``autoretry_for``) and the retry of a
     # call whose worker process was killed (``task_retry_on_worker_lost``). Computing them here keeps a
@@ -61,6 +66,50 @@ class RetryableTask(Task):
             max_seconds=conf.backoff_max_seconds,
             jitter=conf.backoff_jitter,
         )
+
+    # --- what kind of error it is (policy.py): immediate retries or not, and how long to wait -------------
+
+    def error_policy(self) -> policy.ErrorPolicy:
+        """This task's rules over its queue's (the kinds exception classes declare come under both)."""
+        return errors.error_policy_of(self)
+
+    def classify(self, exc: BaseException) -> policy.ClassifiedError:
+        """What ``exc`` is for this task: its kind, whether to retry at once, the sweep's wait, the words."""
+        return errors.classify(self, exc)
+
+    def queue_name(self) -> str:
+        """The queue of the call being run (its delivery), else the task's own, else the default queue."""
+        return errors.queue_of(self)
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: Exception | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        """Celery's retry, steered by the error policy when it retries an error (``autoretry_for``).
+
+        No immediate retry for an error whose rule says so (it is recorded at once). A server's hint sets the
+        countdown, unless it is longer than ``BACKOFF_MAX``: then the wait is the database's (``next_retry_at``),
+        not a broker countdown, and the call is recorded as deferred at once. A task that records no failures
+        (``record_failed_job``, whose retries must not depend on a queue's policy) keeps Celery's plain retry.
+        """
+        if exc is not None and eta is None and countdown is None and self.record_failures:
+            error = errors.classify_safely(self, exc)
+            if not error.retry_now:
+                raise exc
+            if error.kind is policy.ErrorKind.DEFERRED:
+                assert error.delay_seconds is not None and error.retry_after_seconds is not None
+                longest = get_settings().backoff_max_seconds
+                if error.retry_after_seconds > longest:
+                    raise exc
+                countdown = min(error.delay_seconds, longest)  # the jitter never takes it past BACKOFF_MAX
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     # --- the clone's side of the claim (models.py, steps 4 and 5) -------------------------------------
 
@@ -156,19 +205,23 @@ def failure_of(
     """
     request = task.request
     claim = claim_headers(request)
-    delivery = request.delivery_info or {}
+    error = errors.classify_safely(task, exc)
     return recording.Failure.from_exception(
         exc,
         traceback=traceback,
         task_name=task.name,
         task_id=task_id or request.id,
         origin_task_id=origin_task_id(request),
-        queue=delivery.get("routing_key") or getattr(task, "queue", None) or task.app.conf.task_default_queue,
+        queue=errors.queue_of(task),
         args=list(args or ()),
         kwargs=dict(kwargs or {}),
         options=workflow.capture_call(task, request),
         attempts=(request.retries or 0) + 1,
-        permanent=isinstance(exc, PermanentError),
+        permanent=error.kind is policy.ErrorKind.PERMANENT,
+        error_kind=error.kind.value,
+        error_text=error.text,
+        delay_seconds=error.delay_seconds,
+        retry_after_seconds=error.retry_after_seconds,
         job_id=claim[0] if claim else None,
         claim_token=claim[1] if claim else None,
         pending=pending,

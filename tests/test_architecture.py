@@ -12,7 +12,18 @@ from tests.conftest import ROOT
 #: Lowest first, as in docs/architecture.md. A package stands for all its modules.
 LAYERS: list[set[str]] = [
     {"policy", "backoff", "breaker", "fingerprint"},
-    {"models", "registry", "autoretry", "conf", "http", "exceptions", "migrations", "workflow", "broker_checks"},
+    {
+        "models",
+        "registry",
+        "autoretry",
+        "conf",
+        "http",
+        "exceptions",
+        "migrations",
+        "workflow",
+        "broker_checks",
+        "errors",
+    },
     {"lifecycle"},
     {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses"},
     {"status", "alerts"},
