@@ -16,7 +16,7 @@ What ``send`` raises:
 - ``GatewayRefused`` (a ``PermanentError``): any other ``4xx``, with the status and the field the gateway
   named. Two kinds have their own class: ``InvalidRecipient`` (``400`` naming ``to``) and ``SessionNotFound``
   (``404`` ``Session not found``). Each is still a ``PermanentError``: what the retry system does with them is
-  its policy's business, not the client's.
+  its policy's business, not the client's (``messaging/policy.py``: a session not found is retried later).
 """
 
 from __future__ import annotations

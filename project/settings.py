@@ -253,6 +253,8 @@ QUEUEING: dict[str, object] = {}
 # --- The example workload ------------------------------------------------------------------------------
 WHATSAPP_GATEWAY_URL = env.str("WHATSAPP_GATEWAY_URL", default="http://127.0.0.1:8001")
 WHATSAPP_GATEWAY_TIMEOUT_SECONDS = env.float("WHATSAPP_GATEWAY_TIMEOUT_SECONDS", default=10.0)
+# Seconds before the sweep retries a message whose session the gateway did not know (messaging/policy.py).
+WHATSAPP_SESSION_RETRY_DELAY_SECONDS = env.float("WHATSAPP_SESSION_RETRY_DELAY_SECONDS", default=900.0)
 
 # --- Flower (links from the admin) ---------------------------------------------------------------------
 FLOWER_URL = env.str("FLOWER_URL", default="http://127.0.0.1:5555")
