@@ -9,7 +9,7 @@ import redis
 from celery import shared_task
 from django.conf import settings
 
-from queueing.exceptions import PermanentError
+from queueing.exceptions import PermanentError, TransientError
 
 
 def _redis() -> redis.Redis:
@@ -58,3 +58,15 @@ def kill_own_worker(key: str) -> None:
 
     _redis().incr(f"runs:{key}")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(name="tests.tasks.defer_times")
+def defer_times(key: str, times: int, retry_after_seconds: float) -> str:
+    """Ask to be called later (``TransientError(retry_after=…)``) the first ``times`` runs; logs each run's time."""
+    client = _redis()
+    runs = client.incr(f"runs:{key}")
+    client.rpush(f"times:{key}", repr(time.time()))
+    if runs <= times:
+        raise TransientError(f"run {runs} of {key}: busy, call again later", retry_after=retry_after_seconds)
+    client.rpush(f"done:{key}", runs)
+    return "ok"

@@ -62,7 +62,7 @@ def test_a_send_the_flaky_gateway_fails_is_retried_at_once_and_delivered_once(
 def test_a_rate_limited_send_is_tried_as_often_as_its_row_counts(
     celery_worker: Any, broker: redis.Redis, gateway: FakeGateway
 ) -> None:
-    gateway.set_mode("rate-limited", retry_after_seconds=10)
+    gateway.set_mode("rate-limited", retry_after_seconds=1)
 
     result = send_whatsapp_message.delay("default", "+15550100", "hello")
 
