@@ -20,7 +20,6 @@ from django.db import DatabaseError
 
 from queueing import backoff, claims, errors, policy, recording, signals, workflow
 from queueing.conf import get_settings
-from queueing.exceptions import PermanentError
 from queueing.registry import HEADER_CANARY, HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, message_header
 
 logger = logging.getLogger(__name__)
