@@ -110,6 +110,7 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
                 message=failure.exception_message,
                 now=now,
             )
+            error = failure.classified()
             lifecycle.fail(
                 job,
                 task_id=failure.task_id,
@@ -117,12 +118,19 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
                 exception_class=failure.exception_class,
                 exception_message=failure.exception_message,
                 traceback=failure.traceback,
-                error=failure.classified(),
+                error=error,
                 policy=policy,
                 now=now,
                 group=group,
             )
-            groups.note_failure(job, previous_group_id=previous_group_id, claim_token=failure.claim_token, now=now)
+            groups.note_failure(
+                job,
+                previous_group_id=previous_group_id,
+                claim_token=failure.claim_token,
+                now=now,
+                # The server asked for time: its group waits that long, and a canary's deferral is no failed probe.
+                deferred_seconds=error.delay_seconds if error.kind is ErrorKind.DEFERRED else None,
+            )
     except IntegrityError:
         # Another process recorded the same original call a moment ago: update that row instead.
         if failure.job_id is None and FailedJob.objects.filter(origin_task_id=failure.origin_task_id).exists():

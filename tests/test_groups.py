@@ -154,6 +154,49 @@ def test_failed_canaries_push_the_group_back_for_longer_and_the_next_probe_takes
     assert not FailedJob.objects.filter(status=Status.DEAD).exists()
 
 
+def test_a_canary_the_server_defers_holds_its_group_for_the_servers_wait_without_counting_a_failed_probe(
+    broker: redis.Redis, breaker_settings: None, configure: Any, now: datetime
+) -> None:
+    configure(
+        RETRY_DELAY=60,
+        CHECK_INTERVAL=30,
+        LEASE_SECONDS=3600,
+        BREAKER_CANARIES=2,
+        BREAKER_FIRST_WAVE=3,
+        BREAKER_MAX_DELAY=600,
+        RETRY_AFTER_JITTER=0,
+    )
+    for n in range(10):
+        record(n, at=now)
+    at = now + 61 * SECOND
+    canaries = sent_ids(at)
+
+    # When a canary's clone is answered 429 with Retry-After: 300 (a deferral, as the worker classifies it)
+    job = FailedJob.objects.get(pk=min(canaries))
+    failure = recording.Failure(
+        task_name=job.task_name,
+        task_id=job.clone_task_id(),
+        origin_task_id=job.origin_task_id,
+        queue=job.queue,
+        args=[],
+        kwargs={},
+        exception_class="messaging.gateway.GatewayUnavailable",
+        exception_message="gateway answered 429 for +15550999",
+        traceback="",
+        attempts=1,
+        job_id=job.pk,
+        claim_token=str(job.claim_token),
+        error_kind="deferred",
+        retry_after_seconds=300,
+        delay_seconds=300,
+    )
+    assert recording.record_failure(failure, now=at + SECOND) is not None
+
+    # Then the group waits what the server asked, and its delay does not grow as for a failed probe
+    assert (group().state, group().level) == (State.OPEN, 0)
+    assert group().open_until == at + SECOND + 300 * SECOND
+
+
 def test_a_canary_that_fails_with_another_cause_still_pushes_its_group_back(
     broker: redis.Redis, breaker_settings: None, now: datetime
 ) -> None:
