@@ -55,11 +55,11 @@ def test_sweep_leaves_jobs_that_used_up_their_automatic_retries(
     assert published(broker, "q1") == []
 
 
-def test_sweep_claims_at_most_one_batch(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
+def test_sweep_claims_at_most_the_waves_size(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
     for _ in range(5):
         make_failed_job(queue="q1")
 
-    assert claims.sweep(now=now, batch_size=2).sent == 2
+    assert claims.sweep(now=now, batch_size=2, max_jobs=2).sent == 2
     assert len(published(broker, "q1")) == 2
     assert FailedJob.objects.filter(status=Status.FAILED).count() == 3
 
