@@ -237,6 +237,62 @@ class QueueingSettings:
         minimum=1,
         help="each wave sends this many times the one before (one wave per CHECK_INTERVAL)",
     )
+    sweep_budget_seconds: float = setting(
+        0.0,
+        key="SWEEP_BUDGET",
+        unit="seconds",
+        minimum=0,
+        help="seconds one sweep may spend claiming and sending batch after batch; 0, or not below "
+        "`CHECK_INTERVAL`: 80 % of `CHECK_INTERVAL`",
+    )
+    throttle: tuple[str, ...] = setting(
+        (),
+        key="THROTTLE",
+        unit="",
+        help="re-sent jobs per second, per queue: `queue=rate` items (comma-separated in the environment), "
+        "`*=rate` for every queue not named; a queue without a rate is not throttled",
+    )
+    retry_queues: tuple[str, ...] = setting(
+        (),
+        key="RETRY_QUEUES",
+        unit="",
+        help="queues whose re-sent jobs go to `<queue>.retry` (comma-separated in the environment); `*`: every queue",
+    )
+    retain_finished_days: float = setting(
+        7.0,
+        key="RETAIN_FINISHED_DAYS",
+        unit="days",
+        minimum=0,
+        help="days resolved and discarded jobs are kept before the prune deletes them; 0: kept for ever",
+    )
+    retain_dead_days: float = setting(
+        180.0,
+        key="RETAIN_DEAD_DAYS",
+        unit="days",
+        minimum=0,
+        help="days dead jobs are kept before the prune deletes them; 0: kept for ever",
+    )
+    prune_interval_seconds: int = setting(
+        3600, key="PRUNE_INTERVAL", unit="seconds", minimum=60, help="seconds between two prunes (the Beat interval)"
+    )
+    prune_batch_size: int = setting(
+        1000, key="PRUNE_BATCH_SIZE", unit="jobs", minimum=1, help="most jobs one `DELETE` of the prune removes"
+    )
+    prune_max_jobs: int = setting(
+        100_000,
+        key="PRUNE_MAX_JOBS",
+        unit="jobs",
+        minimum=1,
+        help="most jobs one periodic prune deletes; the rest goes at the next one",
+    )
+
+    def __post_init__(self) -> None:
+        from queueing.throttle import ThrottleSyntaxError, parse_rates
+
+        try:
+            parse_rates(self.throttle)
+        except ThrottleSyntaxError as exc:
+            raise ImproperlyConfigured(f"QUEUEING THROTTLE: {exc}") from None
 
 
 @dataclass(frozen=True)
