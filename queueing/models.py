@@ -66,6 +66,7 @@ a clone that fails for the last time re-raises instead, and Celery tells the wor
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -90,6 +91,25 @@ class FailedJobQuerySet(models.QuerySet["FailedJob"]):
     def retryable_by_hand(self) -> FailedJobQuerySet:
         """Jobs an operator may retry: failed and dead (not those being retried right now)."""
         return self.filter(status__in=[FailedJob.Status.FAILED, FailedJob.Status.DEAD])
+
+    def prunable(self, *, before: datetime, statuses: Iterable[str] | None = None) -> FailedJobQuerySet:
+        """Jobs that reached ``resolved``, ``discarded`` or ``dead`` (or those of ``statuses``) before ``before``.
+
+        Each state is aged by its own timestamp (``resolved_at``, ``discarded_at``, ``dead_at``); retention
+        (``queueing/retention.py``) deletes these. ``failed`` and ``retrying`` jobs are never prunable.
+        """
+        wanted = set(statuses if statuses is not None else PRUNABLE_STATUSES)
+        if unknown := wanted - set(PRUNABLE_STATUSES):
+            raise ValueError(
+                f"only {', '.join(PRUNABLE_STATUSES)} jobs can be pruned, not {', '.join(sorted(unknown))}"
+            )
+        condition = Q(pk__in=[])
+        for status in sorted(wanted):
+            since = PRUNABLE_STATUSES[status]
+            # A row without its timestamp (written before it existed) is aged by its last change.
+            aged = Q(**{f"{since}__lt": before}) | Q(**{f"{since}__isnull": True}, updated_at__lt=before)
+            condition |= Q(status=status) & aged
+        return self.filter(condition)
 
     def in_queue(self, queue: str | None) -> FailedJobQuerySet:
         return self if queue is None else self.filter(queue=queue)
@@ -245,6 +265,14 @@ class FailedJob(models.Model):
         (``queueing/workflow.py``); clones are told apart by their claim headers, never by their id.
         """
         return self.origin_task_id
+
+
+#: The states retention deletes, each with the timestamp that says since when a job is in it.
+PRUNABLE_STATUSES: dict[str, str] = {
+    FailedJob.Status.RESOLVED: "resolved_at",
+    FailedJob.Status.DISCARDED: "discarded_at",
+    FailedJob.Status.DEAD: "dead_at",
+}
 
 
 class AutoRetryConfig(models.Model):

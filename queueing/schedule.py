@@ -1,9 +1,13 @@
-"""The sweep's Beat schedule, kept in django-celery-beat's tables (DatabaseScheduler).
+"""The Beat schedules of the sweep and of the prune, kept in django-celery-beat's tables (DatabaseScheduler).
 
 It is created when the database is migrated and again when Beat starts, idempotently: one periodic task
 named ``SWEEP_TASK_NAME``, its interval the current check interval (``CHECK_INTERVAL``, or the override
 recorded in ``AutoRetryConfig``). ``set_sweep_interval`` is the one function that changes that interval while
 the system runs; ``retry.start_auto_retry`` and the admin's schedule pages both call it.
+
+The prune (``queueing/retention.py``) is one more periodic task, ``PRUNE_TASK_NAME``, every ``PRUNE_INTERVAL``
+seconds, created at the same moments. An operator may change or disable it in the admin; that is kept until
+``PRUNE_INTERVAL`` itself changes.
 """
 
 from __future__ import annotations
@@ -12,16 +16,20 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from celery.signals import beat_init
 from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from queueing.conf import get_settings
 from queueing.models import AutoRetryConfig
 
 logger = logging.getLogger(__name__)
 
 SWEEP_TASK_NAME = "queueing: sweep failed jobs"
 SWEEP_TASK = "queueing.sweep_failed_jobs"
+PRUNE_TASK_NAME = "queueing: prune old failed jobs"
+PRUNE_TASK = "queueing.prune_failed_jobs"
 
 
 def ensure_sweep_schedule(*, check_interval_seconds: int | None = None, enable: bool | None = None) -> PeriodicTask:
@@ -78,5 +86,30 @@ def interval_seconds(interval: IntervalSchedule) -> float:
     return timedelta(**{interval.period: interval.every}).total_seconds()
 
 
+def ensure_prune_schedule() -> PeriodicTask:
+    """Create the prune's periodic task, every ``PRUNE_INTERVAL`` seconds; put it back on that interval when
+    the setting changed. Enabled when created; an operator's switch in the admin is kept."""
+    every = get_settings().prune_interval_seconds
+    same = IntervalSchedule.objects.filter(every=every, period=IntervalSchedule.SECONDS).order_by("pk")
+    task = PeriodicTask.objects.select_related("interval").filter(name=PRUNE_TASK_NAME).first()
+    if task is None:
+        interval = same.first() or IntervalSchedule.objects.create(every=every, period=IntervalSchedule.SECONDS)
+        task = PeriodicTask.objects.create(name=PRUNE_TASK_NAME, task=PRUNE_TASK, interval=interval, enabled=True)
+        logger.info("prune schedule: every %ss", every)
+    elif task.task != PRUNE_TASK or task.interval is None or interval_seconds(task.interval) != every:
+        task.task = PRUNE_TASK
+        task.interval = same.first() or IntervalSchedule.objects.create(every=every, period=IntervalSchedule.SECONDS)
+        task.crontab, task.solar, task.clocked = None, None, None
+        task.save()  # save() so that Beat reloads
+        logger.info("prune schedule: every %ss", every)
+    return task
+
+
 def ensure_sweep_schedule_after_migrate(**kwargs: Any) -> None:
     ensure_sweep_schedule()
+    ensure_prune_schedule()
+
+
+@beat_init.connect(weak=False)
+def _schedule_prune_when_beat_starts(sender: Any = None, **_: Any) -> None:
+    ensure_prune_schedule()

@@ -318,3 +318,20 @@ def sweep_failed_jobs() -> dict[str, int]:
         "sent": result.sent,
         "unknown": result.unknown,
     }
+
+
+@shared_task(
+    base=RetryableTask,
+    name="queueing.prune_failed_jobs",
+    autoretry_for=(),
+    record_failures=False,
+    ignore_result=True,
+)
+def prune_failed_jobs() -> dict[str, int]:
+    """Beat sends this every ``PRUNE_INTERVAL``: deletes old finished and dead jobs, at most ``PRUNE_MAX_JOBS``."""
+    from django.utils import timezone
+
+    from queueing import retention
+
+    result = retention.prune(now=timezone.now(), max_jobs=get_settings().prune_max_jobs)
+    return {state.status: state.count for state in result.states}
