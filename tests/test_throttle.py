@@ -54,7 +54,7 @@ def test_a_queue_without_a_rate_never_waits_unless_every_queue_has_one() -> None
 
 
 def test_room_counts_the_slots_left_before_the_deadline() -> None:
-    throttle, clock = pacer({"q": 10.0})
+    throttle, _ = pacer({"q": 10.0})
     assert throttle.room("q", seconds=1.0) == 10
     for _ in range(4):
         throttle.wait("q")  # slots at 0.0, 0.1, 0.2, 0.3 (the clock is at 0.3 now); the next is 0.4
