@@ -198,8 +198,10 @@ def test_a_throttled_queue_is_sent_at_its_rate_and_others_at_full_speed(
     # Then q2 went out whole; q1 got only what 20 per second sends in 1 s, spaced 50 ms apart
     assert (waiting(broker, "q2"), waiting(broker, "q1")) == (30, 20)
     assert result.sent == 50
-    gaps = [b - a for a, b in zip(sent_at["q1"], sent_at["q1"][1:], strict=False)]
-    assert min(gaps) >= 0.05 - 0.005, gaps
+    # (the n-th send of q1 comes no sooner than n × 50 ms after the first: a late one does not make the next
+    # one late too, so one gap can be shorter, never the pace)
+    first = sent_at["q1"][0]
+    assert all(at - first >= n * 0.05 - 0.002 for n, at in enumerate(sent_at["q1"])), sent_at["q1"]
     assert 0.9 <= took < 2.0
     assert FailedJob.objects.filter(queue="q1", status=Status.FAILED).count() == 80
 
