@@ -294,14 +294,6 @@ class QueueingSettings:
         except ThrottleSyntaxError as exc:
             raise ImproperlyConfigured(f"QUEUEING THROTTLE: {exc}") from None
 
-    def __post_init__(self) -> None:
-        from queueing.throttle import ThrottleSyntaxError, parse_rates
-
-        try:
-            parse_rates(self.throttle)
-        except ThrottleSyntaxError as exc:
-            raise ImproperlyConfigured(f"QUEUEING THROTTLE: {exc}") from None
-
 
 @dataclass(frozen=True)
 class Setting:

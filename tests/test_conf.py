@@ -132,6 +132,8 @@ def other_value(declared: conf.Setting) -> tuple[str, Any]:
         return str(declared.default + 1), declared.default + 1
     if declared.kind is float:
         return str(declared.default + 0.5), declared.default + 0.5
+    if declared.key == "THROTTLE":  # its items must be queue=rate
+        return "q1=5, q2=0.5", ("q1=5", "q2=0.5")
     if declared.kind is tuple:
         return "a.Sink, b.Sink", ("a.Sink", "b.Sink")
     return "changed", "changed"
