@@ -226,6 +226,19 @@ def test_every_queue_can_be_throttled_at_once(
     assert clock.now - 1000.0 < 2.0
 
 
+def test_the_waves_size_holds_across_the_claims_of_throttled_and_other_queues(
+    broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
+) -> None:
+    configure(THROTTLE=["q1=10000"])
+    make_due(make_failed_job, 10, queue="q1")
+    make_due(make_failed_job, 10, queue="q2")
+
+    result = claims.sweep(now=now, batch_size=4, max_jobs=6)
+
+    assert (result.sent, result.stopped) == (6, Stop.LIMIT)
+    assert waiting(broker, "q1") + waiting(broker, "q2") == 6
+
+
 def test_a_throttle_that_is_not_queue_equals_rate_is_refused_at_start(configure: Any) -> None:
     from django.core.exceptions import ImproperlyConfigured
 
