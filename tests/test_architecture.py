@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 #: Lowest first, as in docs/architecture.md. A package stands for all its modules.
 LAYERS: list[set[str]] = [
-    {"policy", "backoff", "breaker", "fingerprint"},
+    {"policy", "backoff", "breaker", "fingerprint", "throttle"},
     {
         "models",
         "registry",
@@ -23,16 +23,17 @@ LAYERS: list[set[str]] = [
         "workflow",
         "broker_checks",
         "errors",
+        "retry_queues",
     },
     {"lifecycle"},
-    {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses"},
+    {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses", "retention"},
     {"status", "alerts"},
     {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "apps", "coverage"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 
 #: Django-free by design: the pure policy code.
-PURE = {"policy", "backoff", "breaker", "fingerprint"}
+PURE = {"policy", "backoff", "breaker", "fingerprint", "throttle"}
 
 
 def _unit(path: Path) -> str:
