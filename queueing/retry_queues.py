@@ -33,6 +33,14 @@ def is_retry_queue(queue: str) -> bool:
     return queue.endswith(RETRY_QUEUE_SUFFIX)
 
 
+def base_queue(queue: str) -> str:
+    """The queue a retry queue serves (``whatsapp-send.retry`` -> ``whatsapp-send``); any other as it is.
+
+    The counters of the queue status count a job under its own queue, whichever way its clone travelled.
+    """
+    return queue.removesuffix(RETRY_QUEUE_SUFFIX)
+
+
 def send_to(queue: str) -> str:
     """Where a re-sent job of ``queue`` goes: its retry queue when ``RETRY_QUEUES`` names it, else ``queue``."""
     names = get_settings().retry_queues

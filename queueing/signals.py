@@ -21,6 +21,7 @@ from typing import Any
 from celery.signals import after_task_publish, beat_init, task_failure, task_success, worker_ready
 
 from queueing import alerts  # noqa: F401  (registers the ALERT_SINKS system check)
+from queueing.retry_queues import base_queue
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def _log_auto_retry_started(sender: Any = None, **_: Any) -> None:
 
 def _queue_of(task: Any) -> str:
     delivery = getattr(task.request, "delivery_info", None) or {}
-    return str(delivery.get("routing_key") or getattr(task, "queue", None) or task.app.conf.task_default_queue)
+    queue = str(delivery.get("routing_key") or getattr(task, "queue", None) or task.app.conf.task_default_queue)
+    return base_queue(queue)  # a clone sent by a retry queue counts under its own queue
 
 
 def _is_retry(request: Any) -> bool:
@@ -88,4 +90,4 @@ def _count_retry_sent(
     from queueing.registry import HEADER_JOB_ID
 
     if (headers or {}).get(HEADER_JOB_ID) is not None:
-        status.count("retried", routing_key or "?")
+        status.count("retried", base_queue(routing_key) or "?")

@@ -317,3 +317,12 @@ def test_jobs_not_yet_due_stay_out_of_every_batch(broker: redis.Redis, make_fail
 
     assert (result.sent, result.batches) == (12, 3)
     assert FailedJob.objects.filter(status=Status.FAILED).count() == 1
+
+
+def test_a_clone_sent_by_a_retry_queue_counts_under_its_own_queue() -> None:
+    from types import SimpleNamespace
+
+    from queueing import signals
+
+    task = SimpleNamespace(request=SimpleNamespace(delivery_info={"routing_key": "whatsapp-send.retry"}))
+    assert signals._queue_of(task) == "whatsapp-send"
