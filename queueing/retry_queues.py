@@ -5,7 +5,9 @@ from its queues in turn, so it keeps serving both. A worker consuming a queue al
 retry queue, whatever ``-Q`` says (``celery worker -Q whatsapp-send`` takes from ``whatsapp-send`` and
 ``whatsapp-send.retry``), so turning ``RETRY_QUEUES`` on needs no change to how workers start. A worker
 started with ``-Q whatsapp-send.retry`` only serves the backlog (a retry queue gets no retry queue of its own).
-The row keeps its own queue (``FailedJob.queue``): the retry queue is only where its clones travel.
+The row keeps its own queue (``FailedJob.queue``): the retry queue is only where its clones travel, and the
+queue status counts them under the row's queue (``base_queue``). A call first sent to a named exchange with its
+own routing key is sent again the same way (``queueing/workflow.py``), not by the retry queue.
 """
 
 from __future__ import annotations
