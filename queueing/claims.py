@@ -133,8 +133,9 @@ def publish(
     """Send each claimed job as a fresh task call, over one broker connection.
 
     A job claimed under one of ``canary_tokens`` is a canary: its call carries ``HEADER_CANARY`` and makes one
-    attempt, without immediate retries (a probe asks once). ``before_send(job)`` runs before each send (the sweep's throttle waits there). A job of a queue named in
-    ``RETRY_QUEUES`` goes to that queue's retry queue (``queueing/retry_queues.py``).
+    attempt, without immediate retries (a probe asks once). ``before_send(job)`` runs before each send (the
+    sweep's throttle waits there). A job of a queue named in ``RETRY_QUEUES`` goes to that queue's retry queue
+    (``queueing/retry_queues.py``).
     """
     sent_ids: list[int] = []
     unsendable = refused = expired = 0
