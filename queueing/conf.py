@@ -237,6 +237,20 @@ class QueueingSettings:
         minimum=1,
         help="each wave sends this many times the one before (one wave per CHECK_INTERVAL)",
     )
+    spool_dir: str = setting(
+        "",
+        key="SPOOL_DIR",
+        unit="",
+        help="directory of the local spool of failures neither the database nor the broker took; "
+        "empty: `<QUEUEING_VAR_DIR>/spool`",
+    )
+    spool_replay_interval_seconds: float = setting(
+        30.0,
+        key="SPOOL_REPLAY_INTERVAL_SECONDS",
+        unit="seconds",
+        minimum=0.1,
+        help="seconds between two replays of the spool in each worker",
+    )
 
 
 @dataclass(frozen=True)
