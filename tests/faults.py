@@ -15,6 +15,7 @@ The rows are read with a plain DB-API connection, not the test's Django database
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -127,10 +128,8 @@ class PrivatePostgres:
         subprocess.run([*command, name], check=True, capture_output=True)
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 

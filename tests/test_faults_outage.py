@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the fixtures imported from tests/faults.py are parameters of the tests)
 """Fault scenarios: the database and the broker go down (each its own private server, really stopped).
 
 The scenario table is in docs/reliability.md; each test names its row (F-number).
