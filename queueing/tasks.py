@@ -15,7 +15,7 @@ from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task
-from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 from django.db import DatabaseError
 from django.utils import timezone
@@ -168,8 +168,12 @@ class RetryableTask(Task):
         super().on_success(retval, task_id, args, kwargs)
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """A failure ``__call__`` did not see (``before_start``, a lost worker process): record it."""
-        if self.record_failures and not self.request.get("queueing_recorded"):
+        """A failure ``__call__`` did not see (``before_start``, a lost worker process): record it.
+
+        Called outside the call's request (Celery's own hard-timeout hook, in some versions), there is nothing
+        to key the row on: the ``task_failure`` handler below, sent with the request, records it.
+        """
+        if self.record_failures and self.request.id is not None and not self.request.get("queueing_recorded"):
             traceback = str(getattr(einfo, "traceback", "") or "")
             failure = failure_of(
                 self, exc, traceback=traceback, args=args, kwargs=kwargs, task_id=task_id, pending=False
@@ -282,12 +286,13 @@ def _record_worker_lost(
     einfo: Any = None,
     **_: Any,
 ) -> None:
-    """A call whose worker process died (SIGKILL, OOM) never reaches ``on_failure`` in that process.
+    """A call whose worker process died (SIGKILL, OOM, the hard time limit) never reaches ``on_failure`` there.
 
-    Celery retries it like any other failure (``task_retry_on_worker_lost``); once those retries are used up,
-    the worker's main process sends ``task_failure`` with the call's request pushed, and it is recorded here.
+    Celery retries a lost one like any other failure (``task_retry_on_worker_lost``); once those retries are
+    used up, and at once for a call killed at its hard time limit (``TimeLimitExceeded``), the worker's main
+    process sends ``task_failure`` with the call's request pushed, and it is recorded here.
     """
-    if isinstance(sender, RetryableTask) and isinstance(exception, WorkerLostError):
+    if isinstance(sender, RetryableTask) and isinstance(exception, WorkerLostError | TimeLimitExceeded):
         sender.on_failure(exception, task_id, args, kwargs, einfo)
 
 

@@ -53,3 +53,19 @@ def hog(key: str, megabytes: int) -> str:
     _KEPT.append(os.urandom(megabytes * 1024 * 1024))
     note(key, "end")
     return "ok"
+
+
+@shared_task(name="tests.fault_tasks.overrun", immediate_retries=0)
+def overrun(key: str, seconds: float) -> str:
+    """Run for ``seconds`` whatever happens: the soft time limit is noted and ignored (the hard one kills it)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    note(key, "start")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            note(key, "soft")
+    note(key, "end")
+    return "ok"

@@ -254,7 +254,7 @@ def fault_env(database: Database, private_redis: PrivateRedis, tmp_path: Path) -
         {
             "DATABASE_URL": database.url,
             "REDIS_URL": private_redis.url,
-            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "DJANGO_SETTINGS_MODULE": "tests.fault_settings",
             "PYTHONUNBUFFERED": "1",
             "QUEUEING_VAR_DIR": str(tmp_path / "var"),
             "QUEUEING_SPOOL_DIR": str(tmp_path / "spool"),
