@@ -16,6 +16,9 @@ if "FAULTS_VISIBILITY_TIMEOUT" in os.environ:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         **CELERY_BROKER_TRANSPORT_OPTIONS,
         "visibility_timeout": float(os.environ["FAULTS_VISIBILITY_TIMEOUT"]),
+        # kombu scans for messages past their visibility timeout every interval * throttle seconds (100 s)
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
     }
 if "FAULTS_MAX_MEMORY_PER_CHILD_KB" in os.environ:
     CELERY_WORKER_MAX_MEMORY_PER_CHILD = int(os.environ["FAULTS_MAX_MEMORY_PER_CHILD_KB"])

@@ -92,10 +92,11 @@ def test_f4_a_call_past_its_hard_time_limit_is_killed_and_recorded_once_under_it
 def test_f10_a_whole_node_killed_with_calls_running_and_prefetched_loses_none_of_them(
     fault_env: dict[str, str], database: Database, private_redis: PrivateRedis, workers: Any
 ) -> None:
-    env = {**fault_env, "FAULTS_VISIBILITY_TIMEOUT": "3"}
+    # A visibility timeout of seconds, longer than a call runs (the order the settings keep in production)
+    env = {**fault_env, "FAULTS_VISIBILITY_TIMEOUT": "8"}
     node = workers(env=env, concurrency=2)
     keys = [_key() for _ in range(4)]
-    origins = [send(env, "tests.fault_tasks.hold", key, 30) for key in keys[:2]]
+    origins = [send(env, "tests.fault_tasks.hold", key, 3) for key in keys[:2]]
     origins += [send(env, "tests.fault_tasks.hold", key, 0) for key in keys[2:]]
     wait_for(lambda: all(_events(env, key, "start") for key in keys[:2]), what="two calls to run")
 
