@@ -127,8 +127,10 @@ class RetryableTask(Task):
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         if (claim := self._claim_headers()) is not None:
             job_id, token = claim
-            if not recording.start_clone(job_id=job_id, claim_token=token, task_id=task_id):
-                logger.warning("job %s: retry %s is stale (claim gone); not run", job_id, task_id)
+            if not recording.start_clone(
+                job_id=job_id, claim_token=token, task_id=task_id, attempt=self.request.retries or 0
+            ):
+                logger.warning("job %s: retry %s is stale (claim gone) or already running; not run", job_id, task_id)
                 raise Ignore()
         super().before_start(task_id, args, kwargs)
 
