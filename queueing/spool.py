@@ -361,31 +361,28 @@ FIGURE_KEY_PREFIX = "queueing:spooled:"
 
 def publish_figure() -> None:
     """Tell the status API how many failures wait in this host's spool (a broker key, kept a few intervals)."""
+    from queueing.status import Unavailable, broker_redis
+
     ttl = max(60, int(3 * get_settings().spool_replay_interval_seconds))
+    errors: tuple[type[BaseException], ...] = (*BROKER_ERRORS, Unavailable)
     try:
-        _broker().set(f"{FIGURE_KEY_PREFIX}{host()}", pending(), ex=ttl)
-    except BROKER_ERRORS as exc:  # the broker is down: the next interval tells it
+        broker_redis().set(f"{FIGURE_KEY_PREFIX}{host()}", pending(), ex=ttl)
+    except errors as exc:  # the broker is down: the next interval tells it
         logger.debug("spool: could not publish the spooled figure (%r)", exc)
 
 
-def _broker() -> Any:
-    import redis
-
-    timeout = get_settings().status_broker_timeout_seconds
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=timeout, socket_connect_timeout=timeout)
-
-
-def figures(client: Any = None) -> dict[str, int]:
-    """Spooled failures per host: what each worker host published, and this host's own spool."""
+def figures(client: Any | None) -> dict[str, int]:
+    """Spooled failures per host: what each worker host published (``client``: the broker's Redis, or
+    ``None`` when it is down) and this host's own spool, read from its disk."""
     found: dict[str, int] = {}
-    try:
-        client = client or _broker()
-        for key in client.scan_iter(match=f"{FIGURE_KEY_PREFIX}*", count=100):
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            value = client.get(key)
-            if value is not None:
-                found[name[len(FIGURE_KEY_PREFIX) :]] = int(value)
-    except BROKER_ERRORS as exc:
-        logger.debug("spool: could not read the spooled figures (%r)", exc)
+    if client is not None:
+        try:
+            for key in client.scan_iter(match=f"{FIGURE_KEY_PREFIX}*", count=100):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                value = client.get(key)
+                if value is not None:
+                    found[name[len(FIGURE_KEY_PREFIX) :]] = int(value)
+        except BROKER_ERRORS as exc:
+            logger.debug("spool: could not read the spooled figures (%r)", exc)
     found[host()] = pending()
     return found

@@ -203,9 +203,36 @@ def test_a_second_replay_on_the_same_host_waits_its_turn(spool_in_tmp: Path) -> 
 
 def test_the_spooled_figure_names_this_host(spool_in_tmp: Path) -> None:
     spool.append(_failure(), failed_at=datetime.now(tz=timezone.get_current_timezone()))
-    assert spool.figures(client=_NoBroker())[spool.host()] == 1
+    assert spool.figures(_NoBroker())[spool.host()] == 1
+    assert spool.figures(None) == {spool.host(): 1}
 
 
 class _NoBroker:
     def scan_iter(self, **_: Any) -> Any:
         raise BrokerDown("down")
+
+
+def test_check_queue_and_the_status_api_show_the_spooled_failures_per_host(spool_in_tmp: Path, broker: Any) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from queueing import status
+
+    spool.append(_failure(), failed_at=timezone.now())
+    broker.set(f"{spool.FIGURE_KEY_PREFIX}worker-7", 2)
+
+    report = status.queue_status(wait_for_workers=False)
+    assert report.spooled == {spool.host(): 1, "worker-7": 2}
+    assert report.to_schema().model_dump()["spooled"] == {spool.host(): 1, "worker-7": 2}
+    out = StringIO()
+    call_command("check_queue", stdout=out)
+    assert f"Spooled on {spool.host()}: 1" in out.getvalue()
+    assert "Spooled on worker-7: 2" in out.getvalue()
+
+
+def test_a_worker_publishes_its_spooled_figure_for_the_status(spool_in_tmp: Path, broker: Any) -> None:
+    spool.append(_failure(), failed_at=timezone.now())
+    spool.publish_figure()
+    assert int(broker.get(f"{spool.FIGURE_KEY_PREFIX}{spool.host()}")) == 1
+    assert 0 < broker.ttl(f"{spool.FIGURE_KEY_PREFIX}{spool.host()}") <= 90

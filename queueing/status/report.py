@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from queueing import registry
+from queueing import registry, spool
 from queueing.models import FailedJob
 from queueing.status.broker import Unavailable, answered, broker_redis, current_broker, redis_is_broker
 from queueing.status.counter_store import counter
@@ -62,6 +62,8 @@ class StatusReport:
     counts_as_of: datetime | None = None
     groups: list[GroupFigures] = field(default_factory=list)
     paused: Paused = field(default_factory=lambda: Paused((), ()))
+    #: host -> failures waiting in its local spool (``queueing/spool.py``)
+    spooled: dict[str, int] = field(default_factory=dict)
 
     def to_schema(self) -> StatusOut:
         """The answer of ``GET /api/queue/status`` (and of ``check_queue --json``)."""
@@ -70,6 +72,7 @@ class StatusReport:
             unavailable=dict(sorted(self.unavailable.items(), key=lambda item: FIGURES.index(item[0]))),
             workers=WorkersOut(names=self.workers, reportedAt=_ms(self.workers_reported_at)),
             countsAsOf=_ms(self.counts_as_of),
+            spooled=self.spooled,
             generatedAt=_ms(self.generated_at) or 0,
             groups=[group_out(group) for group in self.groups],
             autoRetryPaused=PausedOut(queues=list(self.paused.queues), groups=list(self.paused.groups)),
@@ -144,6 +147,7 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
         counts_as_of=_datetime(jobs.at),
         groups=group_figures(),
         paused=paused(),
+        spooled=spool.figures(client),
     )
 
 
