@@ -65,11 +65,11 @@ def test_f15_a_clone_that_finishes_after_its_lease_was_taken_back_writes_nothing
     wait_for(lambda: _starts(env, key) == 1, what="the first clone to start")
 
     # When the sweep takes the job back after the lease and sends a second clone
-    out = wait_for(
-        lambda: (text := database.execute_python(env, SWEEP)) if "recovered=1" in text else "",
-        timeout=30,
-        what="a sweep to take the job back",
-    )
+    def sweep_took_it_back() -> str:
+        out = database.execute_python(env, SWEEP)
+        return out if "recovered=1" in out else ""
+
+    out = wait_for(sweep_took_it_back, timeout=30, what="a sweep to take the job back")
     assert "sent=1" in out, out
     wait_for(lambda: _starts(env, key) == 2, what="the second clone to start")
 
