@@ -268,13 +268,21 @@ def fault_env(database: Database, private_redis: PrivateRedis, tmp_path: Path) -
 class Worker:
     """A ``celery worker`` in a session of its own: SIGTERM (warm shutdown) or SIGKILL to the whole node."""
 
-    def __init__(self, env: dict[str, str], log: Path, *, concurrency: int = 1, extra: tuple[str, ...] = ()) -> None:
-        self.env, self.log, self.concurrency, self.extra = env, log, concurrency, extra
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        *,
+        concurrency: int = 1,
+        extra: tuple[str, ...] = (),
+        queues: str = "default",
+    ) -> None:
+        self.env, self.log, self.concurrency, self.extra, self.queues = env, log, concurrency, extra, queues
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
         command = [sys.executable, "-m", "celery", "-A", "project", "worker", "-P", "prefork", "-l", "info"]
-        command += ["-c", str(self.concurrency), "--include", "tests.fault_tasks,tests.tasks", "-Q", "default"]
+        command += ["-c", str(self.concurrency), "--include", "tests.fault_tasks,tests.tasks", "-Q", self.queues]
         command += ["-n", f"faults-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle", *self.extra]
         with self.log.open("a") as out:
             self.process = subprocess.Popen(
@@ -288,6 +296,12 @@ class Worker:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=timeout)
+
+    def children(self) -> list[int]:
+        """The pool's child processes (the ones that run the calls)."""
+        assert self.process is not None
+        found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in found.split()]
 
     def kill_node(self) -> None:
         """The whole node dies at once: SIGKILL to the main process and every child."""
@@ -309,8 +323,15 @@ def workers(fault_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     """``workers(concurrency=2, extra=(...))`` starts one more worker; all are stopped at the end."""
     started: list[Worker] = []
 
-    def start(*, concurrency: int = 1, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Worker:
-        worker = Worker(env or fault_env, tmp_path / f"worker-{len(started)}.log", concurrency=concurrency, extra=extra)
+    def start(
+        *,
+        concurrency: int = 1,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        queues: str = "default",
+    ) -> Worker:
+        log = tmp_path / f"worker-{len(started)}.log"
+        worker = Worker(env or fault_env, log, concurrency=concurrency, extra=extra, queues=queues)
         started.append(worker)
         return worker.start()
 
@@ -322,14 +343,14 @@ def workers(fault_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 # --- sending and the ledger ----------------------------------------------------------------------------------
 
 
-def send(env: dict[str, str], task: str, *args: Any, task_id: str | None = None) -> str:
+def send(env: dict[str, str], task: str, *args: Any, task_id: str | None = None, queue: str = "default") -> str:
     """Publish one call to the scenario's broker, as a producer of the project would (no worker involved)."""
     from celery import Celery
 
     app = Celery(broker=env["REDIS_URL"], set_as_current=False)
     app.conf.task_default_queue = "default"
     task_id = task_id or str(uuid.uuid4())
-    app.send_task(task, args=list(args), task_id=task_id, queue="default")
+    app.send_task(task, args=list(args), task_id=task_id, queue=queue)
     return task_id
 
 

@@ -6,6 +6,8 @@ The scenario table is in docs/reliability.md; each test names its row (F-number)
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from typing import Any
@@ -35,6 +37,36 @@ def _key() -> str:
 
 def _events(env: dict[str, str], key: str, event: str) -> list[str]:
     return [e for e in ledger(env, key) if e.startswith(f"{event}:")]
+
+
+def test_f1_a_worker_child_sigkilled_mid_send_is_retried_and_the_gateway_delivers_once(
+    fault_env: dict[str, str], database: Database, workers: Any
+) -> None:
+    from messaging.fake_gateway import FakeGateway
+
+    gateway = FakeGateway(port=0).start()
+    try:
+        gateway.set_mode("slow", slow_seconds=1.0)
+        # The retry of a lost call waits BACKOFF_BASE: longer than the slow send, so the first send has landed
+        env = {**fault_env, "WHATSAPP_GATEWAY_URL": gateway.url, "QUEUEING_BACKOFF_BASE": "3"}
+        worker = workers(env=env, queues="whatsapp-send")
+        [child] = worker.children()
+
+        # When the child process is SIGKILLed while it waits for the gateway's answer
+        origin = send(env, "messaging.tasks.send_whatsapp_message", "default", "+15550100", "hi", queue="whatsapp-send")
+        wait_for(lambda: gateway.attempts(), what="the send to reach the gateway")
+        os.kill(child, signal.SIGKILL)
+
+        # Then Celery retries the call (task_retry_on_worker_lost) and it succeeds: no FailedJob
+        wait_for(lambda: len(gateway.attempts()) == 2 and gateway.attempts()[1]["status"], timeout=30, what="retry")
+        attempts = gateway.attempts()
+    finally:
+        gateway.stop()
+    # Two attempts with the call's idempotency key; one delivery, the second answered from it (counted at the
+    # gateway's attempts, not its deliveries)
+    assert [a["idempotencyKey"] for a in attempts] == [origin, origin]
+    assert [(a["status"], a["replayed"]) for a in attempts] == [(200, False), (200, True)]
+    assert check_invariants(database, origins=[origin], gateway_attempts=attempts) == {origin: "ok"}
 
 
 def test_f3_a_warm_shutdown_finishes_the_running_call_and_leaves_the_waiting_one_to_the_next_worker(
