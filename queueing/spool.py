@@ -4,7 +4,7 @@
 failure to the broker (``record_failed_job``); when the broker is down too, it appends it here, to a local
 file, and fsyncs before it returns. ``replay()`` writes the spooled failures once either is back: at worker
 start and every ``SPOOL_REPLAY_INTERVAL_SECONDS`` in each worker, at each sweep, and by hand
-(``manage.py replay_spool``).
+(``manage.py replay_spool``). How many wait is the status's ``spooled`` figure (``queueing/status/spooled.py``).
 
 Layout (``SPOOL_DIR``, default ``<QUEUEING_VAR_DIR>/spool``), one directory per host:
 
@@ -34,12 +34,11 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -51,6 +50,7 @@ from queueing import recording, workflow
 from queueing.conf import get_settings
 from queueing.models import FailedJob
 from queueing.recording import Failure
+from queueing.registry import celery_app
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ REPLAYING_PREFIX = "replaying-"
 CORRUPT_PREFIX = "corrupt-"
 SUFFIX = ".jsonl"
 LOCK_NAME = ".replay.lock"
+
+#: The task that writes a failure handed to the broker (``queueing/tasks.py``).
+RECORD_FAILED_JOB = "queueing.record_failed_job"
 
 #: What a publish or a Redis call raises when the broker cannot be reached.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, RedisError, OSError)
@@ -277,8 +280,7 @@ def _replay_file(path: Path, directory: Path, *, use_broker: bool) -> dict[str, 
 
 
 def _hand_to_broker(entry: Entry) -> bool:
-    from queueing.tasks import record_failed_job
-
+    record_failed_job = celery_app().tasks[RECORD_FAILED_JOB]
     try:
         record_failed_job.delay(dataclasses.asdict(entry.failure), failed_at=entry.failed_at.isoformat())
     except BROKER_ERRORS as exc:
@@ -321,11 +323,13 @@ def record_once(failure: Failure, *, failed_at: datetime) -> bool:
 
 
 class Replayer(threading.Thread):
-    """Replays the spool every ``SPOOL_REPLAY_INTERVAL_SECONDS`` in a worker's main process."""
+    """Replays the spool every ``SPOOL_REPLAY_INTERVAL_SECONDS`` in a worker's main process, then calls
+    ``after_each`` (the worker tells the status its spooled figure)."""
 
-    def __init__(self, interval_seconds: float) -> None:
+    def __init__(self, interval_seconds: float, *, after_each: Callable[[], None] | None = None) -> None:
         super().__init__(name="queueing spool replay", daemon=True)
         self.interval_seconds = interval_seconds
+        self.after_each = after_each
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -334,7 +338,8 @@ class Replayer(threading.Thread):
         while True:
             try:
                 replay()
-                publish_figure()
+                if self.after_each is not None:
+                    self.after_each()
             except Exception:
                 logger.exception("spool: replay failed; trying again in %ss", self.interval_seconds)
             finally:
@@ -346,43 +351,9 @@ class Replayer(threading.Thread):
 _replayer: Replayer | None = None
 
 
-def start_replayer() -> None:
+def start_replayer(*, after_each: Callable[[], None] | None = None) -> None:
     """Replay once now, then every ``SPOOL_REPLAY_INTERVAL_SECONDS`` (once per process)."""
     global _replayer
     if _replayer is None or not _replayer.is_alive():
-        _replayer = Replayer(get_settings().spool_replay_interval_seconds)
+        _replayer = Replayer(get_settings().spool_replay_interval_seconds, after_each=after_each)
         _replayer.start()
-
-
-# --- the figure ---------------------------------------------------------------------------------------------
-
-FIGURE_KEY_PREFIX = "queueing:spooled:"
-
-
-def publish_figure() -> None:
-    """Tell the status API how many failures wait in this host's spool (a broker key, kept a few intervals)."""
-    from queueing.status import Unavailable, broker_redis
-
-    ttl = max(60, int(3 * get_settings().spool_replay_interval_seconds))
-    errors: tuple[type[BaseException], ...] = (*BROKER_ERRORS, Unavailable)
-    try:
-        broker_redis().set(f"{FIGURE_KEY_PREFIX}{host()}", pending(), ex=ttl)
-    except errors as exc:  # the broker is down: the next interval tells it
-        logger.debug("spool: could not publish the spooled figure (%r)", exc)
-
-
-def figures(client: Any | None) -> dict[str, int]:
-    """Spooled failures per host: what each worker host published (``client``: the broker's Redis, or
-    ``None`` when it is down) and this host's own spool, read from its disk."""
-    found: dict[str, int] = {}
-    if client is not None:
-        try:
-            for key in client.scan_iter(match=f"{FIGURE_KEY_PREFIX}*", count=100):
-                name = key.decode() if isinstance(key, bytes) else str(key)
-                value = client.get(key)
-                if value is not None:
-                    found[name[len(FIGURE_KEY_PREFIX) :]] = int(value)
-        except BROKER_ERRORS as exc:
-            logger.debug("spool: could not read the spooled figures (%r)", exc)
-    found[host()] = pending()
-    return found

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
         "errors",
     },
     {"lifecycle"},
-    {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses"},
+    {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses", "spool"},
     {"status", "alerts"},
     {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "apps", "coverage"},
 ]

@@ -14,8 +14,9 @@ from django.db import OperationalError
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerDown
 
-from queueing import recording, spool, tasks
+from queueing import recording, spool, status, tasks
 from queueing.models import FailedJob
+from queueing.status import spooled
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -203,8 +204,8 @@ def test_a_second_replay_on_the_same_host_waits_its_turn(spool_in_tmp: Path) -> 
 
 def test_the_spooled_figure_names_this_host(spool_in_tmp: Path) -> None:
     spool.append(_failure(), failed_at=datetime.now(tz=timezone.get_current_timezone()))
-    assert spool.figures(_NoBroker())[spool.host()] == 1
-    assert spool.figures(None) == {spool.host(): 1}
+    assert status.spooled_figures(_NoBroker())[spool.host()] == 1
+    assert status.spooled_figures(None) == {spool.host(): 1}
 
 
 class _NoBroker:
@@ -220,7 +221,7 @@ def test_check_queue_and_the_status_api_show_the_spooled_failures_per_host(spool
     from queueing import status
 
     spool.append(_failure(), failed_at=timezone.now())
-    broker.set(f"{spool.FIGURE_KEY_PREFIX}worker-7", 2)
+    broker.set(f"{spooled.KEY_PREFIX}worker-7", 2)
 
     report = status.queue_status(wait_for_workers=False)
     assert report.spooled == {spool.host(): 1, "worker-7": 2}
@@ -233,6 +234,20 @@ def test_check_queue_and_the_status_api_show_the_spooled_failures_per_host(spool
 
 def test_a_worker_publishes_its_spooled_figure_for_the_status(spool_in_tmp: Path, broker: Any) -> None:
     spool.append(_failure(), failed_at=timezone.now())
-    spool.publish_figure()
-    assert int(broker.get(f"{spool.FIGURE_KEY_PREFIX}{spool.host()}")) == 1
-    assert 0 < broker.ttl(f"{spool.FIGURE_KEY_PREFIX}{spool.host()}") <= 90
+    status.publish_spooled_figure()
+    assert int(broker.get(f"{spooled.KEY_PREFIX}{spool.host()}")) == 1
+    assert 0 < broker.ttl(f"{spooled.KEY_PREFIX}{spool.host()}") <= 90
+
+
+def test_replay_spool_writes_the_spooled_failures_now(spool_in_tmp: Path) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    spool.append(_failure(), failed_at=timezone.now())
+    out = StringIO()
+    call_command("replay_spool", "--dry-run", stdout=out)
+    assert "1 spooled failure(s); dry run, none written" in out.getvalue()
+    call_command("replay_spool", stdout=out)
+    assert "1 written, 0 handed to the broker" in out.getvalue()
+    assert FailedJob.objects.count() == 1

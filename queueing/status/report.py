@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 
 import redis
 
-from queueing import registry, spool
+from queueing import registry
 from queueing.models import FailedJob
 from queueing.status.broker import Unavailable, answered, broker_redis, current_broker, redis_is_broker
 from queueing.status.counter_store import counter
 from queueing.status.groups import GroupFigures, Paused, group_figures, paused
 from queueing.status.jobs import JobSnapshot, RecentFailure, job_snapshot, query_jobs
 from queueing.status.schema import Figure, GroupOut, PausedOut, QueueStatusOut, RecentFailedOut, StatusOut, WorkersOut
+from queueing.status.spooled import spooled_figures
 from queueing.status.workers import NoReport, WorkersReport, workers_snapshot
 
 Status = FailedJob.Status
@@ -147,7 +148,7 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
         counts_as_of=_datetime(jobs.at),
         groups=group_figures(),
         paused=paused(),
-        spooled=spool.figures(client),
+        spooled=spooled_figures(client),
     )
 
 
