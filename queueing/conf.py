@@ -286,6 +286,21 @@ class QueueingSettings:
         help="most jobs one periodic prune deletes; the rest goes at the next one",
     )
 
+    spool_dir: str = setting(
+        "",
+        key="SPOOL_DIR",
+        unit="",
+        help="directory of the local spool of failures neither the database nor the broker took; "
+        "empty: `<QUEUEING_VAR_DIR>/spool`",
+    )
+    spool_replay_interval_seconds: float = setting(
+        30.0,
+        key="SPOOL_REPLAY_INTERVAL_SECONDS",
+        unit="seconds",
+        minimum=0.1,
+        help="seconds between two replays of the spool in each worker",
+    )
+
     def __post_init__(self) -> None:
         from queueing.throttle import ThrottleSyntaxError, parse_rates
 

@@ -8,7 +8,7 @@ conditional ``UPDATE`` for many rows. A verb asked for a move the story does not
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -25,7 +25,13 @@ Reason = FailedJob.Reason
 ClaimedBy = FailedJob.ClaimedBy
 
 #: The claim fields of a job that no claim holds.
-NO_CLAIM: dict[str, Any] = {"claim_token": None, "claimed_by": "", "claimed_from": "", "lease_expires_at": None}
+NO_CLAIM: dict[str, Any] = {
+    "claim_token": None,
+    "claimed_by": "",
+    "claimed_from": "",
+    "lease_expires_at": None,
+    "running_on": "",
+}
 
 #: The ``status_reason`` of a job whose task this project does not register (thing, reason, fix).
 UNREGISTERED_TASK_REASON = (
@@ -171,6 +177,7 @@ def claim(
         lease_expires_at=now + timedelta(seconds=lease_seconds),
         last_retried_at=now,
         retry_started_at=None,
+        running_on="",
         next_retry_at=None,
         updated_at=now,
         **{counter: F(counter) + 1},
@@ -247,15 +254,42 @@ def mark_unregistered_dead(job: FailedJob, *, now: datetime) -> None:
 # --- steps 4, 5 and 6: the clone reports, or its lease runs out -----------------------------------------------
 
 
-def start_clone(job: FailedJob, *, task_id: str, now: datetime, lease_seconds: float) -> None:
-    """Step 4: a clone starts under its claim: renew its lease."""
+def runner_mark(*, host: str, pid: int, attempt: int) -> str:
+    """What ``running_on`` holds for one running copy of a clone: ``host:pid#attempt``."""
+    return f"{host}:{pid}#{attempt}"
+
+
+def _parse_mark(mark: str) -> tuple[str, int, int]:
+    where, _, attempt = mark.rpartition("#")
+    host, _, pid = where.rpartition(":")
+    return host, int(pid or 0), int(attempt or 0)
+
+
+def held_by_another_copy(job: FailedJob, *, runner: str, alive: Callable[[int], bool]) -> bool:
+    """Step 4: whether another copy of the same clone message runs now (then this one must not start).
+
+    Not when no copy marked the row, when the mark is this copy's own, when this copy is a later immediate
+    retry (the marked run ended: it sent this one), or when the marking process on this host is gone.
+    """
+    if not job.running_on or job.running_on == runner:
+        return False
+    held_host, held_pid, held_attempt = _parse_mark(job.running_on)
+    host, _, attempt = _parse_mark(runner)
+    if attempt > held_attempt:
+        return False
+    return not (held_host == host and not alive(held_pid))
+
+
+def start_clone(job: FailedJob, *, task_id: str, now: datetime, lease_seconds: float, runner: str = "") -> None:
+    """Step 4: a clone starts under its claim: renew its lease, mark the copy running (``runner_mark``)."""
     _require(job, "start a retry of", (Status.RETRYING,))
     if job.retry_started_at is None:
         job.add_event("retry_started", now, task_id=task_id, by=job.claimed_by)
     job.retry_started_at = now
     job.lease_expires_at = now + timedelta(seconds=lease_seconds)
     job.latest_task_id = task_id
-    _save(job, ["retry_started_at", "lease_expires_at", "latest_task_id", "history"])
+    job.running_on = runner
+    _save(job, ["retry_started_at", "lease_expires_at", "latest_task_id", "running_on", "history"])
 
 
 def resolve(job: FailedJob, *, task_id: str, now: datetime) -> None:

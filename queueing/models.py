@@ -41,8 +41,12 @@ policy (``retry_policy=``, the queue's default, the kind an exception class decl
    ``mark_unregistered_dead``, reason ``unregistered_task``; ``expire``, reason ``expired``; ``give_up``,
    reason ``unsendable``; ``give_back``, reason ``publish_failed``]
 4. The clone starts: if the row is still ``retrying`` under its claim token, the lease is renewed
-   (``retry_started_at``, ``lease_expires_at = now + LEASE_SECONDS``); if not, the delivery is stale and
-   the clone does nothing. The clone has its own immediate retries (step 1). [``start_clone``]
+   (``retry_started_at``, ``lease_expires_at = now + LEASE_SECONDS``) and the copy marks itself running
+   (``running_on``: host, process id and immediate retry number); if not, the delivery is stale and the
+   clone does nothing. A second copy of the same message (same claim, same retry number) is refused while
+   the process that marked it is alive, or on another host (that one's lease takes it back, step 6); the
+   clone's next immediate retry, or a copy whose marking process on this host died, takes the mark over.
+   The clone has its own immediate retries (step 1). [``start_clone``, ``held_by_another_copy``]
 5. The clone succeeds: ``resolved``, ``resolved_at``. It fails for good: the same row (never a second one)
    goes back to ``failed`` with a new ``next_retry_at``, or to ``dead`` (``dead_at``) once
    ``retry_count >= MAX_RETRIES`` or when it had been ``dead`` before the operator's retry. A clone the
@@ -196,6 +200,11 @@ class FailedJob(models.Model):
     claimed_from = models.CharField(max_length=16, choices=Status.choices, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     latest_task_id = models.CharField(max_length=255, blank=True, help_text="Task id of the latest clone.")
+    running_on = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="The clone copy running under the claim: host:pid#immediate retry number.",
+    )
 
     first_failed_at = models.DateTimeField()
     last_failed_at = models.DateTimeField()

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -183,14 +185,31 @@ def _claimed_job(job_id: int, claim_token: str | None) -> FailedJob | None:
     )
 
 
-def start_clone(*, job_id: int, claim_token: str, task_id: str, now: datetime | None = None) -> bool:
-    """A clone starts running: renew its lease. ``False`` means the delivery is stale and must do nothing."""
+def start_clone(*, job_id: int, claim_token: str, task_id: str, attempt: int = 0, now: datetime | None = None) -> bool:
+    """A clone starts running: renew its lease, mark this copy running (``attempt``: its immediate retry number).
+
+    ``False`` means the delivery is stale, or another copy of the same message runs now: it must do nothing.
+    """
     now = now or timezone.now()
+    runner = lifecycle.runner_mark(host=socket.gethostname(), pid=os.getpid(), attempt=attempt)
     with transaction.atomic():
         job = _claimed_job(job_id, claim_token)
         if job is None:
             return False
-        lifecycle.start_clone(job, task_id=task_id, now=now, lease_seconds=get_settings().lease_seconds)
+        if lifecycle.held_by_another_copy(job, runner=runner, alive=_process_alive):
+            logger.warning("job %s: clone %s already runs as %s; this copy is not run", job_id, task_id, job.running_on)
+            return False
+        lifecycle.start_clone(job, task_id=task_id, now=now, lease_seconds=get_settings().lease_seconds, runner=runner)
+    return True
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     return True
 
 

@@ -1,6 +1,7 @@
 """Worker and Beat start-up, and the counters behind the queue status and ``/metrics``.
 
-Start-up: make sure the sweep is scheduled and say that auto-retry runs, and how.
+Start-up: make sure the sweep is scheduled, say that auto-retry runs, and how, and start replaying the
+spool (``queueing/spool.py``) in each worker.
 
 Counters (kept in the broker's Redis by ``queueing.status.count``, one hash per counter, field = queue;
 they count across every process and survive restarts of the web and worker processes):
@@ -38,6 +39,14 @@ def _log_auto_retry_started(sender: Any = None, **_: Any) -> None:
     from queueing.autoretry import current_policy, describe
 
     logger.info("auto-retry started: %s", describe(current_policy()))
+
+
+@worker_ready.connect
+def _replay_the_spool(sender: Any = None, **_: Any) -> None:
+    """Failures spooled while the database and the broker were both down: replay now and periodically."""
+    from queueing import spool, status
+
+    spool.start_replayer(after_each=status.publish_spooled_figure)
 
 
 # --- counters ----------------------------------------------------------------------------------------------

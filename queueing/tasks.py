@@ -9,16 +9,18 @@ import dataclasses
 import enum
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from traceback import format_exc
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task
-from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 from django.db import DatabaseError
+from django.utils import timezone
 
-from queueing import backoff, claims, errors, policy, recording, signals, workflow
+from queueing import backoff, claims, errors, policy, recording, signals, spool, workflow
 from queueing.conf import get_settings
 from queueing.registry import HEADER_CANARY, HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, message_header
 
@@ -125,8 +127,10 @@ class RetryableTask(Task):
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         if (claim := self._claim_headers()) is not None:
             job_id, token = claim
-            if not recording.start_clone(job_id=job_id, claim_token=token, task_id=task_id):
-                logger.warning("job %s: retry %s is stale (claim gone); not run", job_id, task_id)
+            if not recording.start_clone(
+                job_id=job_id, claim_token=token, task_id=task_id, attempt=self.request.retries or 0
+            ):
+                logger.warning("job %s: retry %s is stale (claim gone) or already running; not run", job_id, task_id)
                 raise Ignore()
         super().before_start(task_id, args, kwargs)
 
@@ -166,8 +170,12 @@ class RetryableTask(Task):
         super().on_success(retval, task_id, args, kwargs)
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """A failure ``__call__`` did not see (``before_start``, a lost worker process): record it."""
-        if self.record_failures and not self.request.get("queueing_recorded"):
+        """A failure ``__call__`` did not see (``before_start``, a lost worker process): record it.
+
+        Called outside the call's request (Celery's own hard-timeout hook, in some versions), there is nothing
+        to key the row on: the ``task_failure`` handler below, sent with the request, records it.
+        """
+        if self.record_failures and self.request.id is not None and not self.request.get("queueing_recorded"):
             traceback = str(getattr(einfo, "traceback", "") or "")
             failure = failure_of(
                 self, exc, traceback=traceback, args=args, kwargs=kwargs, task_id=task_id, pending=False
@@ -235,20 +243,39 @@ class Outcome(enum.Enum):
 
 
 def record(failure: recording.Failure) -> Outcome:
-    """Write a final failure; if the database is down, hand it to the broker (``record_failed_job``)."""
+    """Write a final failure; if the database is down, hand it to the broker (``record_failed_job``), and if
+    the broker is down too, to the local spool (``queueing/spool.py``)."""
+    failed_at = timezone.now()
     try:
-        job = recording.record_failure(failure)
+        job = recording.record_failure(failure, now=failed_at)
     except DatabaseError as exc:
         # The database is unreachable: let the broker hold the failure until it can be written.
         logger.error("job %s: database unreachable (%r); recording it later", failure.origin_task_id, exc)
-        try:
-            record_failed_job.delay(dataclasses.asdict(failure))
-        except Exception:
-            # Neither database nor broker: the failure must not vanish without a trace.
-            logger.exception("could not record failed job; its payload follows so it can be re-sent: %r", failure)
-            raise
+        _record_later(failure, failed_at=failed_at)
         return Outcome.PENDING
     return Outcome.GIVEN_UP if recording.given_up_now(job) else Outcome.PENDING
+
+
+def _record_later(failure: recording.Failure, *, failed_at: datetime) -> None:
+    """Hand a failure the database could not take to the broker; if the broker is down too, to the spool.
+
+    Both carry the failure's time, so that a failure that reaches the database twice (a publish that raised
+    yet went through, then the spool's replay) is written once (``spool.record_once``).
+    """
+    try:
+        record_failed_job.delay(dataclasses.asdict(failure), failed_at=failed_at.isoformat())
+        return
+    except spool.BROKER_ERRORS as exc:
+        logger.error("job %s: broker unreachable too (%r); spooling it locally", failure.origin_task_id, exc)
+    try:
+        path = spool.append(failure, failed_at=failed_at)
+    except Exception:
+        # Neither database, broker nor disk: the failure must not vanish without a trace.
+        logger.exception("could not record failed job; its payload follows so it can be re-sent: %r", failure)
+        raise
+    logger.error(
+        "job %s: spooled in %s; replayed once the database or the broker is back", failure.origin_task_id, path
+    )
 
 
 @task_failure.connect
@@ -261,12 +288,13 @@ def _record_worker_lost(
     einfo: Any = None,
     **_: Any,
 ) -> None:
-    """A call whose worker process died (SIGKILL, OOM) never reaches ``on_failure`` in that process.
+    """A call whose worker process died (SIGKILL, OOM, the hard time limit) never reaches ``on_failure`` there.
 
-    Celery retries it like any other failure (``task_retry_on_worker_lost``); once those retries are used up,
-    the worker's main process sends ``task_failure`` with the call's request pushed, and it is recorded here.
+    Celery retries a lost one like any other failure (``task_retry_on_worker_lost``); once those retries are
+    used up, and at once for a call killed at its hard time limit (``TimeLimitExceeded``), the worker's main
+    process sends ``task_failure`` with the call's request pushed, and it is recorded here.
     """
-    if isinstance(sender, RetryableTask) and isinstance(exception, WorkerLostError):
+    if isinstance(sender, RetryableTask) and isinstance(exception, WorkerLostError | TimeLimitExceeded):
         sender.on_failure(exception, task_id, args, kwargs, einfo)
 
 
@@ -282,13 +310,16 @@ RECORD_RETRIES = 30
     record_failures=False,
     ignore_result=True,
 )
-def record_failed_job(failure: dict[str, Any]) -> None:
+def record_failed_job(failure: dict[str, Any], failed_at: str | None = None) -> None:
     """Write a failure that could not be written when it happened (the database was down), once it is back.
 
     Delivered twice, it still makes one row: the row is keyed by the original call's id, and a retry's row
-    is fenced by its claim token.
+    is fenced by its claim token. With ``failed_at`` (the failure's time), a second delivery writes nothing.
     A failure whose call left its workflow pending, and that now gives the job up, tells the workflow.
     """
+    if failed_at is not None:
+        spool.record_once(recording.Failure(**failure), failed_at=datetime.fromisoformat(failed_at))
+        return
     job = recording.record_failure(recording.Failure(**failure))
     if failure.get("pending") and recording.given_up_now(job):
         assert job is not None
@@ -309,6 +340,10 @@ def sweep_failed_jobs() -> dict[str, int]:
     from queueing import alerts, status
 
     started = time.monotonic()
+    try:
+        spool.replay()  # this host's spool, if the database and the broker were down a moment ago
+    except OSError:
+        logger.exception("spool: could not replay %s", spool.spool_dir())
     result = claims.sweep()
     status.record_sweep_duration(time.monotonic() - started)
     alerts.evaluate_safely()  # fires on a threshold crossing; never raises

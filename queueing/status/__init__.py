@@ -26,7 +26,8 @@ Redis longer than ``STATUS_BROKER_TIMEOUT_SECONDS`` per round trip, or on the wo
 The modules: ``report`` (``queue_status`` and its records), ``schema`` (the JSON), ``jobs`` (the database),
 ``broker`` (the broker and its Redis), ``counter_store`` (the counters store), ``workers`` (the broadcast),
 ``cache`` (the shared stale-while-revalidate copies), ``groups`` (the failure groups, their breakers and
-the pauses). Callers import the names below from the package.
+the pauses), ``spooled`` (failures waiting in each worker host's local spool). Callers import the names
+below from the package.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from queueing.status.groups import GroupFigures, group_figures
 from queueing.status.jobs import RECENT_FAILED_LIMIT, JobSnapshot, RecentFailure, job_counts
 from queueing.status.report import FIGURES, QueueStatus, StatusReport, queue_status
 from queueing.status.schema import StatusOut
+from queueing.status.spooled import publish_spooled_figure, spooled_figures
 from queueing.status.workers import WorkersReport, ask_workers
 
 __all__ = [
@@ -69,7 +71,9 @@ __all__ = [
     "current_broker",
     "group_figures",
     "job_counts",
+    "publish_spooled_figure",
     "queue_status",
     "record_sweep_duration",
+    "spooled_figures",
     "sweep_durations",
 ]

@@ -15,6 +15,7 @@ from queueing.status.counter_store import counter
 from queueing.status.groups import GroupFigures, Paused, group_figures, paused
 from queueing.status.jobs import JobSnapshot, RecentFailure, job_snapshot, query_jobs
 from queueing.status.schema import Figure, GroupOut, PausedOut, QueueStatusOut, RecentFailedOut, StatusOut, WorkersOut
+from queueing.status.spooled import spooled_figures
 from queueing.status.workers import NoReport, WorkersReport, workers_snapshot
 
 Status = FailedJob.Status
@@ -62,6 +63,8 @@ class StatusReport:
     counts_as_of: datetime | None = None
     groups: list[GroupFigures] = field(default_factory=list)
     paused: Paused = field(default_factory=lambda: Paused((), ()))
+    #: host -> failures waiting in its local spool (``queueing/spool.py``)
+    spooled: dict[str, int] = field(default_factory=dict)
 
     def to_schema(self) -> StatusOut:
         """The answer of ``GET /api/queue/status`` (and of ``check_queue --json``)."""
@@ -70,6 +73,7 @@ class StatusReport:
             unavailable=dict(sorted(self.unavailable.items(), key=lambda item: FIGURES.index(item[0]))),
             workers=WorkersOut(names=self.workers, reportedAt=_ms(self.workers_reported_at)),
             countsAsOf=_ms(self.counts_as_of),
+            spooled=self.spooled,
             generatedAt=_ms(self.generated_at) or 0,
             groups=[group_out(group) for group in self.groups],
             autoRetryPaused=PausedOut(queues=list(self.paused.queues), groups=list(self.paused.groups)),
@@ -144,6 +148,7 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
         counts_as_of=_datetime(jobs.at),
         groups=group_figures(),
         paused=paused(),
+        spooled=spooled_figures(client),
     )
 
 

@@ -75,6 +75,12 @@ class StatusOut(BaseModel):
     unavailable: dict[str, str] = Field(description="Figure -> why it is null.")
     workers: WorkersOut
     countsAsOf: int | None = Field(description="When failed/dead were counted, ms since the epoch.")
+    spooled: dict[str, int] = Field(
+        default_factory=dict,
+        description="Host -> failures waiting in that worker host's local spool: neither the database nor the "
+        "broker could take them when they happened; written once either is back (docs/reliability.md). "
+        "Each worker host reports every SPOOL_REPLAY_INTERVAL_SECONDS; this host's own is read from its disk.",
+    )
     generatedAt: int = Field(description="When this answer was made, ms since the epoch.")
     groups: list[GroupOut] = Field(
         default_factory=list,

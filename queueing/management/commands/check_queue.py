@@ -17,6 +17,9 @@ Then the failure groups worth a look (``queueing/status/groups.py``), one line e
          gateway answered <n>: …  (1000 still failing of 1000, 100%; 3 failed probes)
     Automatic retries paused: queue whatsapp-send
 
+Then, when a worker host holds failures in its local spool (neither the database nor the broker could take
+them; ``queueing/spool.py``), one line per host: ``Spooled on worker-1: 2 ⚠``.
+
 A figure that cannot be had reads ``n/a (<reason>)``. When the workers' last report is out of date, the
 command asks them and waits for the answer (about ``STATUS_INSPECT_TIMEOUT_SECONDS``).
 """
@@ -59,6 +62,13 @@ class Command(BaseCommand):
         if report.paused.queues or report.paused.groups:
             what = [f"queue {q}" for q in report.paused.queues] + [f"group #{g}" for g in report.paused.groups]
             blocks.append(self.style.WARNING(f"Automatic retries paused: {', '.join(what)}"))
+        spooled = [
+            self.style.WARNING(f"Spooled on {host}: {count} {WARNING_MARK}")
+            for host, count in sorted(report.spooled.items())
+            if count
+        ]
+        if spooled:
+            blocks.append("\n".join(spooled))
         self.stdout.write("\n\n".join(blocks))
 
     def _group(self, group: status.GroupFigures) -> str:
