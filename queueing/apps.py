@@ -12,6 +12,7 @@ class QueueingConfig(AppConfig):
     def ready(self) -> None:
         from queueing import (  # noqa: F401  (connect the worker/beat signal handlers and the checks)
             broker_checks,
+            checks,
             conf,
             coverage,
             schedule,
@@ -19,4 +20,5 @@ class QueueingConfig(AppConfig):
         )
 
         conf.get_settings()  # fail at start-up, not at the first failure, on a bad setting
+        # checks: the safe-settings system check, and the same check at a Celery worker's or Beat's start
         post_migrate.connect(schedule.ensure_sweep_schedule_after_migrate, sender=self)
