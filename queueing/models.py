@@ -222,6 +222,14 @@ class FailedJob(models.Model):
 
     class Meta:
         ordering = ["-last_failed_at", "-id"]
+        # One permission per operator verb (least privilege; docs/permissions.md). Django's own
+        # view_failedjob is the read-only one; change, add and delete are never used.
+        permissions = [
+            ("retry_failedjob", "Can retry failed jobs now"),
+            ("discard_failedjob", "Can discard failed jobs"),
+            ("mark_dead_failedjob", "Can mark failed jobs dead"),
+            ("pause_retries", "Can pause and resume automatic retries"),
+        ]
         indexes = [
             models.Index(
                 fields=["next_retry_at", "id"],

@@ -13,7 +13,6 @@ from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
-from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
@@ -76,14 +75,28 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: FailedJob | None = None) -> bool:
-        return False  # the detail page is read-only; the verbs need has_operate_permission
+        return False  # the detail page is read-only; each verb needs its own permission (has_verb_permission)
 
     def has_delete_permission(self, request: HttpRequest, obj: FailedJob | None = None) -> bool:
         return False  # the row is the record of the failure: discard it instead
 
-    def has_operate_permission(self, request: HttpRequest) -> bool:
-        """Retry, discard and mark dead: for users allowed to change failed jobs."""
-        return request.user.has_perm(f"{self.opts.app_label}.{get_permission_codename('change', self.opts)}")
+    # Each verb its own permission (least privilege): a user with only view_failedjob reads and never acts.
+
+    def has_verb_permission(self, request: HttpRequest, verb: verbs.Verb) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.{verb.permission}")
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return self.has_verb_permission(request, verbs.RETRY)
+
+    def has_discard_permission(self, request: HttpRequest) -> bool:
+        return self.has_verb_permission(request, verbs.DISCARD)
+
+    def has_mark_dead_permission(self, request: HttpRequest) -> bool:
+        return self.has_verb_permission(request, verbs.MARK_DEAD)
+
+    def allowed_verbs(self, request: HttpRequest) -> list[str]:
+        """The keys of the verbs this user may use."""
+        return [key for key, verb in verbs.VERBS.items() if self.has_verb_permission(request, verb)]
 
     def get_readonly_fields(self, request: HttpRequest, obj: FailedJob | None = None) -> list[str]:
         return flatten_fieldsets(self.fieldsets)
@@ -116,15 +129,15 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
         self.message_user(request, outcome.message, outcome.level)
         return None
 
-    @admin.action(description=verbs.RETRY.title, permissions=["operate"])
+    @admin.action(description=verbs.RETRY.title, permissions=["retry"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
         return self._run_action(verbs.RETRY, request, queryset)
 
-    @admin.action(description=verbs.DISCARD.title, permissions=["operate"])
+    @admin.action(description=verbs.DISCARD.title, permissions=["discard"])
     def discard_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
         return self._run_action(verbs.DISCARD, request, queryset)
 
-    @admin.action(description=verbs.MARK_DEAD.title, permissions=["operate"])
+    @admin.action(description=verbs.MARK_DEAD.title, permissions=["mark_dead"])
     def mark_dead_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
         return self._run_action(verbs.MARK_DEAD, request, queryset)
 
@@ -188,11 +201,13 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
         """The detail page's buttons: one verb on one job, confirmed first, then back to the detail page."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        if not self.has_operate_permission(request):
-            raise PermissionDenied
         verb = verbs.VERBS.get(request.POST.get("verb", ""))
         if verb is None:
+            if not self.allowed_verbs(request):
+                raise PermissionDenied
             return HttpResponse("unknown verb: use retry, discard or mark_dead", status=400)
+        if not self.has_verb_permission(request, verb):
+            raise PermissionDenied
         job = get_object_or_404(self.get_queryset(request).defer(*LIST_DEFERRED_FIELDS), pk=object_id)
         selection = FailedJob.objects.filter(pk=job.pk)
         if request.POST.get("post") != "yes":
@@ -215,7 +230,8 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
             "sweep": sweep,
             "sweep_schedule": (sweep.interval or sweep.crontab or "no schedule") if sweep else None,
             "sweep_url": sweep_url,
-            "can_operate": self.has_operate_permission(request),
+            "can_operate": bool(allowed := self.allowed_verbs(request)),
+            "allowed_verbs": allowed,
             "time_format": display.TIME_FORMAT_DJANGO,
         }
 
