@@ -17,7 +17,8 @@ router = Router(tags=["messaging"])
 class SendMessageIn(Schema):
     sessionId: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     to: str = Field(min_length=3, max_length=32, pattern=r"^\+?[0-9]{3,31}$")
-    message: str = Field(min_length=1, max_length=4096)
+    # Any text but control characters other than tab and line breaks (a NUL cannot even be stored by PostgreSQL).
+    message: str = Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$")
 
 
 class SendMessageOut(Schema):

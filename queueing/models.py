@@ -74,6 +74,7 @@ from django.db import models
 from django.db.models import Q
 
 from queueing import breaker, policy
+from queueing.jsoncodec import NulSafeDecoder, NulSafeEncoder
 
 #: Most events kept in ``FailedJob.history``.
 HISTORY_MAX_EVENTS = 50
@@ -169,11 +170,14 @@ class FailedJob(models.Model):
     origin_task_id = models.CharField(max_length=255, unique=True, help_text="Task id of the original call.")
     task_name = models.CharField(max_length=255)
     queue = models.CharField(max_length=200)
-    args = models.JSONField(default=list, blank=True)
-    kwargs = models.JSONField(default=dict, blank=True)
+    # NulSafe*: a NUL in an argument survives PostgreSQL (queueing/jsoncodec.py).
+    args = models.JSONField(default=list, blank=True, encoder=NulSafeEncoder, decoder=NulSafeDecoder)
+    kwargs = models.JSONField(default=dict, blank=True, encoder=NulSafeEncoder, decoder=NulSafeDecoder)
     options = models.JSONField(
         default=dict,
         blank=True,
+        encoder=NulSafeEncoder,
+        decoder=NulSafeDecoder,
         help_text="The rest of the call, as JSON (workflow, ids, expiry, limits, routing, headers): "
         "sent again with it (queueing/workflow.py).",
     )

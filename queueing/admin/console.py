@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.translation import ngettext
@@ -34,6 +33,9 @@ from queueing.admin.filters import (
 )
 from queueing.models import FailedJob
 from queueing.schedule import SWEEP_TASK_NAME
+
+#: The longest search the list accepts (a task id is 36 characters; SQLite refuses LIKE patterns of 50,000 bytes).
+SEARCH_MAX_CHARS = 1_000
 
 
 @admin.register(FailedJob)
@@ -111,6 +113,12 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[FailedJob], search_term: str
     ) -> tuple[QuerySet[FailedJob], bool]:
+        if len(search_term) > SEARCH_MAX_CHARS:
+            # A database refuses a LIKE pattern that long (SQLite: "pattern too complex"): say so, find nothing.
+            self.message_user(
+                request, f"search too long: at most {SEARCH_MAX_CHARS} characters; shorten it", messages.ERROR
+            )
+            return queryset.none(), False
         filtered = queryset
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip().lstrip("#")
@@ -119,6 +127,15 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
         return queryset, may_have_duplicates
 
     # -- verbs: the list's actions, and the detail page's buttons -----------------------------------------
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
+        """Django's action dispatch, after checking that the selection is job ids (Django filters on it as is)."""
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        if not all(value.isascii() and value.isdigit() and len(value) < 19 for value in selected):
+            problem = "invalid selection: select the jobs again (ids are whole numbers)"
+            self.message_user(request, problem, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_action(request, queryset)
 
     def _run_action(self, verb: verbs.Verb, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
         if request.POST.get("post") != "yes":
@@ -208,7 +225,12 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
             return HttpResponse("unknown verb: use retry, discard or mark_dead", status=400)
         if not self.has_verb_permission(request, verb):
             raise PermissionDenied
-        job = get_object_or_404(self.get_queryset(request).defer(*LIST_DEFERRED_FIELDS), pk=object_id)
+        try:
+            job = self.get_queryset(request).defer(*LIST_DEFERRED_FIELDS).filter(pk=object_id).first()
+        except (ValueError, ValidationError):  # not an id at all
+            job = None
+        if job is None:
+            raise Http404(f"no failed job {object_id[:50]!r}")
         selection = FailedJob.objects.filter(pk=job.pk)
         if request.POST.get("post") != "yes":
             preview = verbs.preview(verb, selection)
@@ -236,6 +258,10 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
         }
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        if any("\x00" in key + value for key, values in request.GET.lists() for value in values):
+            # No column holds a NUL (PostgreSQL refuses one in a query): the list without the filters, told why.
+            self.message_user(request, "a filter or search held a NUL character; it was dropped", messages.ERROR)
+            return HttpResponseRedirect(request.path)
         context = {
             "title": "Failed jobs",
             # The list needs the width (its columns fit 1,400 px beside the filters); the breadcrumbs lead on.
