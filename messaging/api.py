@@ -9,7 +9,8 @@ from ninja import Router, Schema, Status
 from pydantic import Field
 
 from messaging.tasks import send_whatsapp_message
-from queueing.http import ERRORS, error_responses_openapi
+from queueing.http import ERRORS, auth, error_responses_openapi
+from queueing.tokens import Scope
 
 router = Router(tags=["messaging"])
 
@@ -30,6 +31,7 @@ class SendMessageOut(Schema):
     response={202: SendMessageOut, **ERRORS},
     summary="Queue one WhatsApp message (the example workload)",
     openapi_extra=error_responses_openapi(),
+    auth=auth(Scope.WRITE),  # a read-only token may not send
 )
 def send_message(request: HttpRequest, payload: SendMessageIn) -> Status[dict[str, Any]]:
     """Queue a message on `whatsapp-send` and answer 202 at once. `jobId` is the Celery task id; if the

@@ -15,10 +15,11 @@ class QueueingConfig(AppConfig):
             checks,
             conf,
             coverage,
+            permissions,
             schedule,
             signals,
         )
 
         conf.get_settings()  # fail at start-up, not at the first failure, on a bad setting
-        # checks: the safe-settings system check, and the same check at a Celery worker's or Beat's start
         post_migrate.connect(schedule.ensure_sweep_schedule_after_migrate, sender=self)
+        post_migrate.connect(permissions.ensure_groups, sender=self)

@@ -292,3 +292,18 @@ class BeatHeartbeat:
             except Exception as exc:  # noqa: BLE001  (Redis away: try again at the next beat)
                 logger.debug("beat heartbeat failed: %r", exc)
             time.sleep(BEAT_HEARTBEAT_SECONDS)
+
+
+@checks.register("queueing")
+def check_api_tokens(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``QUEUEING_API_TOKENS``: every entry well formed, every name once (``queueing/tokens.py``)."""
+    from queueing.tokens import configured
+
+    return [
+        checks.Error(
+            f"QUEUEING_API_TOKENS: {problem}",
+            hint="write each token as name:read:<token> or name:write:<token>, comma-separated",
+            id="queueing.E110",
+        )
+        for problem in configured()[1]
+    ]

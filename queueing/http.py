@@ -1,10 +1,13 @@
 """The HTTP plumbing shared by the JSON API (``queueing/api.py``, ``messaging/api.py``) and ``/metrics``
 (``queueing/metrics.py``): who may call, and how every error answers.
 
-Authentication: ``Authorization: Bearer <QUEUEING_API_TOKEN>`` (the setting may hold the token itself or
-``sha256:<hex digest>`` of it, so that config files need not carry the secret), or a logged-in staff
+Authentication: ``Authorization: Bearer <token>``, one of the named tokens of ``QUEUEING_API_TOKENS`` or
+``QUEUEING_API_TOKEN`` (``queueing/tokens.py``: each has a scope, ``read`` or ``write``), or a logged-in staff
 user's session (with its CSRF token on unsafe methods). No credentials, or a wrong token: 401. A session of
-a user who is not staff: 403. ninja's operations use ``auth()``; a plain Django view uses ``refusal()``.
+a user who is not staff: 403. An operation that acts (``auth(Scope.WRITE, permission=…)``) also needs a
+``write`` token, or a session whose user has the verb's permission (``queueing.retry_failedjob`` …): else 403.
+ninja's operations use ``auth()``; a plain Django view uses ``refusal()`` (read only). ``actor(request)``
+names the caller in a job's history.
 
 Every error is JSON, ``{"error": "<what is wrong and what to do>", …}``: 400 for bad input (naming the
 fields), 401/403 as above, 404 for an unknown queue (listing the known ones) or path, 405 for a wrong method
@@ -14,8 +17,6 @@ fields), 401/403 as above, 404 for an unknown queue (listing the known ones) or 
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -28,11 +29,16 @@ from ninja.errors import AuthenticationError, AuthorizationError, HttpError, Val
 from ninja.security import HttpBearer, SessionAuthIsStaff
 from pydantic import BaseModel, Field
 
-from queueing.conf import get_settings
 from queueing.exceptions import UnknownQueue
+from queueing.tokens import ApiToken, Scope, find
 
 UNAUTHORIZED = "authentication required: send 'Authorization: Bearer <QUEUEING_API_TOKEN>' or log in as staff"
 FORBIDDEN = "forbidden: {user!r} is logged in but not staff; log in as a staff user or send the bearer token"
+READ_ONLY_TOKEN = (
+    "forbidden: token {name!r} may only read; send a token with the write scope (QUEUEING_API_TOKENS: "
+    "name:write:<token>)"
+)
+NO_PERMISSION = "forbidden: {user!r} lacks the permission {permission!r}; ask an administrator (docs/permissions.md)"
 
 
 # --- who may call ---------------------------------------------------------------------------------------------
@@ -47,18 +53,20 @@ class BearerToken(HttpBearer):
         "log in at /admin/ as a staff user instead (the StaffSession scheme)."
     )
 
-    def authenticate(self, request: HttpRequest, token: str) -> str | None:
-        return "token" if token_is_valid(token) else None
+    def __init__(self, scope: Scope = Scope.READ) -> None:
+        super().__init__()
+        self.scope = scope
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        found = find(token)
+        if found is not None and not found.scope.allows(self.scope):
+            raise AuthorizationError(message=READ_ONLY_TOKEN.format(name=found.name))
+        return found
 
 
 def token_is_valid(token: str) -> bool:
-    expected = get_settings().api_token
-    if not expected or not token:
-        return False
-    if expected.startswith("sha256:"):
-        given = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-        return hmac.compare_digest(given, expected)
-    return hmac.compare_digest(token.encode(), expected.encode())
+    """Whether ``token`` is one of the API's tokens (any scope)."""
+    return find(token) is not None
 
 
 class StaffSession(SessionAuthIsStaff):
@@ -70,6 +78,10 @@ class StaffSession(SessionAuthIsStaff):
         "not staff gets 403."
     )
 
+    def __init__(self, permission: str = "") -> None:
+        super().__init__()
+        self.permission = permission
+
     def __call__(self, request: HttpRequest) -> Any:
         user = getattr(request, "user", None)
         if user is None or not user.is_authenticated:
@@ -78,12 +90,24 @@ class StaffSession(SessionAuthIsStaff):
             return None
         if not user.is_staff:
             raise AuthorizationError(message=FORBIDDEN.format(user=user.get_username()))
-        return super().__call__(request)
+        allowed = super().__call__(request)  # the CSRF check first: a forged request hears nothing more
+        if allowed and self.permission and not user.has_perm(self.permission):
+            raise AuthorizationError(message=NO_PERMISSION.format(user=user.get_username(), permission=self.permission))
+        return allowed
 
 
-def auth() -> list[Any]:
-    """The schemes of every API operation: the bearer token, or a staff session."""
-    return [BearerToken(), StaffSession()]
+def auth(scope: Scope = Scope.READ, *, permission: str = "") -> list[Any]:
+    """The schemes of an API operation: a bearer token of ``scope``, or a staff session (with ``permission``)."""
+    return [BearerToken(scope), StaffSession(permission)]
+
+
+def actor(request: HttpRequest) -> str:
+    """Who calls, as a job's history names them: ``token:<name>`` or ``user:<username>``."""
+    caller = getattr(request, "auth", None)
+    if isinstance(caller, ApiToken):
+        return caller.actor
+    user = getattr(request, "user", None)
+    return f"user:{user.get_username()}" if user is not None and user.is_authenticated else "anonymous"
 
 
 def access_problem(request: HttpRequest) -> tuple[int, str] | None:

@@ -226,7 +226,7 @@ class FailedJob(models.Model):
 
     class Meta:
         ordering = ["-last_failed_at", "-id"]
-        # One permission per operator verb (least privilege; docs/permissions.md). Django's own
+        # One permission per operator verb (queueing/permissions.py; docs/permissions.md). Django's own
         # view_failedjob is the read-only one; change, add and delete are never used.
         permissions = [
             ("retry_failedjob", "Can retry failed jobs now"),

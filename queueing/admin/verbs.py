@@ -22,7 +22,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import ngettext
 
-from queueing import autoretry, operations
+from queueing import autoretry, operations, permissions
 from queueing.models import FailedJob
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class MarkDeadVerb(TransitionVerb):
 RETRY = RetryVerb(
     key="retry",
     action="retry_selected",
-    permission="retry_failedjob",
+    permission=permissions.RETRY,
     title="Retry selected now",
     eligible=(Status.FAILED, Status.DEAD),
     confirm_label="Yes, retry them now",
@@ -186,7 +186,7 @@ RETRY = RetryVerb(
 DISCARD = DiscardVerb(
     key="discard",
     action="discard_selected",
-    permission="discard_failedjob",
+    permission=permissions.DISCARD,
     title="Discard selected",
     eligible=(Status.FAILED, Status.DEAD),
     confirm_label="Yes, discard them",
@@ -198,7 +198,7 @@ DISCARD = DiscardVerb(
 MARK_DEAD = MarkDeadVerb(
     key="mark_dead",
     action="mark_dead_selected",
-    permission="mark_dead_failedjob",
+    permission=permissions.MARK_DEAD,
     title="Mark selected dead",
     eligible=(Status.FAILED,),
     confirm_label="Yes, mark them dead",

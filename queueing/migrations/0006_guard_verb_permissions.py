@@ -21,9 +21,11 @@ GROUPS = {
 
 def forwards(apps: Any, schema_editor: Any) -> None:
     config = apps.get_app_config("queueing")
-    config.models_module = True  # create_permissions skips an app without models
-    create_permissions(config, apps=apps, verbosity=0, using=schema_editor.connection.alias)
-    config.models_module = None
+    models_module, config.models_module = getattr(config, "models_module", None), True  # else skipped
+    try:
+        create_permissions(config, apps=apps, verbosity=0, using=schema_editor.connection.alias)
+    finally:
+        config.models_module = models_module
     Permission = apps.get_model("auth", "Permission")
     Group = apps.get_model("auth", "Group")
     User = apps.get_model("auth", "User")
