@@ -128,14 +128,16 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
 
     # -- verbs: the list's actions, and the detail page's buttons -----------------------------------------
 
-    def response_action(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[FailedJob], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
         """Django's action dispatch, after checking that the selection is job ids (Django filters on it as is)."""
         selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
         if not all(value.isascii() and value.isdigit() and len(value) < 19 for value in selected):
             problem = "invalid selection: select the jobs again (ids are whole numbers)"
             self.message_user(request, problem, messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
-        return super().response_action(request, queryset)
+        return super().response_action(request, queryset, *args, **kwargs)
 
     def _run_action(self, verb: verbs.Verb, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
         if request.POST.get("post") != "yes":
