@@ -47,10 +47,11 @@ NO_PERMISSION = "forbidden: {user!r} lacks the permission {permission!r}; ask an
 class BearerToken(HttpBearer):
     openapi_description = (
         "The API token: the value of `QUEUEING_API_TOKEN` in the server's environment (or "
-        "`QUEUEING['API_TOKEN']`). `bin/start` makes one up when it is unset and prints it in its banner "
-        "(`API token …`); paste the token itself, without `Bearer `. If the setting holds "
-        "`sha256:<hex digest>`, paste the token whose digest it is. An empty setting lets no bearer in: "
-        "log in at /admin/ as a staff user instead (the StaffSession scheme)."
+        "`QUEUEING['API_TOKEN']`), or one of the named tokens of `QUEUEING_API_TOKENS` (`name:read:<token>` "
+        "may read the status and the metrics, `name:write:<token>` may also retry and send). `bin/start` makes "
+        "one up when it is unset and prints it in its banner (`API token …`); paste the token itself, without "
+        "`Bearer `. If the setting holds `sha256:<hex digest>`, paste the token whose digest it is. An empty "
+        "setting lets no bearer in: log in at /admin/ as a staff user instead (the StaffSession scheme)."
     )
 
     def __init__(self, scope: Scope = Scope.READ) -> None:
@@ -75,7 +76,7 @@ class StaffSession(SessionAuthIsStaff):
     openapi_description = (
         "The session cookie of a staff user: log in at /admin/ in this browser and the docs' requests carry "
         "it (POSTs also need the `X-CSRFToken` header, from the `csrftoken` cookie). A logged-in user who is "
-        "not staff gets 403."
+        "not staff gets 403; retrying also needs the `retry_failedjob` permission."
     )
 
     def __init__(self, permission: str = "") -> None:
@@ -152,7 +153,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Bad input: `error` names the fields, `fields` says what is wrong with each.",
     401: "No credentials, a wrong token or another scheme: send `Authorization: Bearer <QUEUEING_API_TOKEN>` "
     "or log in as staff. Comes with `WWW-Authenticate: Bearer`.",
-    403: "A logged-in user who is not staff, or a staff session's POST without its CSRF token.",
+    403: "A logged-in user who is not staff, a staff session's POST without its CSRF token, a `read` token on an "
+    "operation that acts, or a session whose user lacks the verb's permission.",
     404: "An unknown queue (`knownQueues` lists the known ones), or no endpoint at that path.",
     405: "A method the path does not answer; the `Allow` header lists those it does.",
     413: "A request body over `DATA_UPLOAD_MAX_MEMORY_SIZE`.",
