@@ -22,6 +22,7 @@ another; the first sight of another logs one WARNING naming both.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -254,6 +255,7 @@ class BeatHeartbeat:
             return None
         client = redis.Redis.from_url(str(app.conf.broker_url), socket_timeout=2, socket_connect_timeout=2)
         heartbeat = cls(client)
+        atexit.register(heartbeat.stop_quietly)  # a Beat started again at once must not see itself as another
         thread = threading.Thread(target=heartbeat.run_forever, name="queueing beat heartbeat", daemon=True)
         thread.start()
         return heartbeat
@@ -271,6 +273,7 @@ class BeatHeartbeat:
             for key in self.client.scan_iter(match=BEAT_KEY_PREFIX + "*", count=100)
         )
         others = [key.removeprefix(BEAT_KEY_PREFIX) for key in others if key != self.key]
+        others = [other for other in others if not self._gone(other)]
         for other in others:
             if other not in self.warned:
                 self.warned.add(other)
@@ -282,8 +285,28 @@ class BeatHeartbeat:
                 )
         return others
 
+    def _gone(self, other: str) -> bool:
+        """A Beat of this host whose process no longer runs (killed before it could remove its key): forget it."""
+        host, _, pid = other.rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            self.client.delete(BEAT_KEY_PREFIX + other)
+            return True
+        except PermissionError:  # it runs, as another user
+            return False
+        return False
+
     def stop(self) -> None:
         self.client.delete(self.key)
+
+    def stop_quietly(self) -> None:
+        try:
+            self.stop()
+        except Exception as exc:  # noqa: BLE001  (exiting: Redis may be gone; the key expires by itself)
+            logger.debug("beat heartbeat key not removed: %r", exc)
 
     def run_forever(self) -> None:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -172,6 +173,16 @@ def test_a_second_beat_is_warned_about_once_naming_both(broker: redis.Redis, cap
     assert len(warnings) == 2
     assert "this one (host-b:200) and host-a:100" in warnings[0]
     assert "Run exactly one Beat" in warnings[0]
+
+
+def test_a_beat_of_this_host_whose_process_is_gone_is_forgotten(broker: redis.Redis) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid no longer runs
+    dead = checks.BeatHeartbeat(broker, identity=f"{socket.gethostname()}:{finished.pid}")
+    dead.beat()
+
+    assert checks.BeatHeartbeat(broker, identity="other-host:1").beat() == []
+    assert broker.exists(dead.key) == 0
 
 
 def test_a_stopped_beat_is_forgotten(broker: redis.Redis) -> None:

@@ -380,3 +380,43 @@ def test_the_nul_safe_json_gives_back_exactly_what_it_was_given(value: Any) -> N
 
     assert "\\u0000" not in text
     assert json.loads(text, cls=NulSafeDecoder) == value
+
+
+# --- the admin's forms: the sweep's schedule ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "every", ["\x00", "1\x00", str(10**30), "-5", "0", "1e9", CONTROL, "9" * 100_000], ids=lambda v: repr(v)[:20]
+)
+def test_the_interval_form_refuses_hostile_values_without_a_500(admin_client: Client, every: str) -> None:
+    response = admin_client.post(
+        reverse("admin:django_celery_beat_intervalschedule_add"), {"every": every, "period": "seconds"}
+    )
+
+    assert response.status_code == 200, response.content[:300]  # the form again, with its error
+    assert b"errornote" in response.content or b"errorlist" in response.content
+
+
+@pytest.mark.parametrize("name", ["nul", "control", "html"])
+def test_the_periodic_task_form_refuses_or_escapes_hostile_text(admin_client: Client, name: str) -> None:
+    from queueing.schedule import SWEEP_TASK_NAME, ensure_sweep_schedule
+
+    sweep = ensure_sweep_schedule()
+    url = reverse("admin:django_celery_beat_periodictask_change", args=[sweep.pk])
+    form = {
+        "name": HOSTILE[name],
+        "regtask": "queueing.sweep_failed_jobs",
+        "task": "",
+        "interval": sweep.interval_id,
+        "args": HOSTILE[name],
+        "kwargs": "{}",
+        "enabled": "on",
+    }
+
+    response = admin_client.post(url, form)
+    listed = admin_client.get(reverse("admin:django_celery_beat_periodictask_changelist"), {"q": HOSTILE[name]})
+
+    assert response.status_code in (200, 302), response.content[:300]
+    assert listed.status_code in (200, 302)
+    sweep.refresh_from_db()
+    assert sweep.name == SWEEP_TASK_NAME  # the sweep is never renamed
