@@ -9,7 +9,8 @@ from ninja import Router, Schema, Status
 from pydantic import Field
 
 from messaging.tasks import send_whatsapp_message
-from queueing.http import ERRORS, error_responses_openapi
+from queueing.http import ERRORS, auth, error_responses_openapi
+from queueing.tokens import Scope
 
 router = Router(tags=["messaging"])
 
@@ -17,7 +18,8 @@ router = Router(tags=["messaging"])
 class SendMessageIn(Schema):
     sessionId: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     to: str = Field(min_length=3, max_length=32, pattern=r"^\+?[0-9]{3,31}$")
-    message: str = Field(min_length=1, max_length=4096)
+    # Any text but control characters other than tab and line breaks (a NUL cannot even be stored by PostgreSQL).
+    message: str = Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$")
 
 
 class SendMessageOut(Schema):
@@ -29,6 +31,7 @@ class SendMessageOut(Schema):
     response={202: SendMessageOut, **ERRORS},
     summary="Queue one WhatsApp message (the example workload)",
     openapi_extra=error_responses_openapi(),
+    auth=auth(Scope.WRITE),  # a read-only token may not send
 )
 def send_message(request: HttpRequest, payload: SendMessageIn) -> Status[dict[str, Any]]:
     """Queue a message on `whatsapp-send` and answer 202 at once. `jobId` is the Celery task id; if the

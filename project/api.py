@@ -18,8 +18,9 @@ The retry system's API: queue status, retrying failed jobs, and the example work
 
 **Authorize** with one of:
 
-- **BearerToken**: the value of `QUEUEING_API_TOKEN` in the server's environment. `bin/start` makes one up
-  when it is unset and prints it in its banner (`API token …`); paste the token alone, without `Bearer `.
+- **BearerToken**: the value of `QUEUEING_API_TOKEN` in the server's environment, or a named token of
+  `QUEUEING_API_TOKENS` (a `read` token may only read). `bin/start` makes one up when it is unset and prints
+  it in its banner (`API token …`); paste the token alone, without `Bearer `.
 - **StaffSession**: log in at [/admin/](/admin/) as a staff user in this browser; nothing to paste.
 
 Every error is JSON, `{"error": "<what is wrong and what to do>"}`. `/metrics` (Prometheus) is listed here

@@ -12,9 +12,10 @@ from django.http import HttpRequest
 from ninja import Query, Router, Schema
 from pydantic import Field
 
-from queueing import operations, status
-from queueing.http import ERRORS, error_responses_openapi
+from queueing import operations, permissions, status
+from queueing.http import ERRORS, actor, auth, error_responses_openapi
 from queueing.status.schema import StatusOut
+from queueing.tokens import Scope
 
 router = Router(tags=["queues"])
 
@@ -63,11 +64,12 @@ class RetryAllOut(Schema):
     response={200: RetryAllOut, **ERRORS},
     summary="Re-send every failed and dead job of a queue now",
     openapi_extra=error_responses_openapi(),
+    auth=auth(Scope.WRITE, permission=f"queueing.{permissions.RETRY}"),
 )
 def retry_all_failed(request: HttpRequest, payload: RetryAllIn) -> dict[str, Any]:
     """Re-send every failed and dead job of `queueName` now, whatever their next retry time; jobs already
     being retried are left alone. `total`: the jobs found; `retried`: those sent. An unknown queue is a 404
-    listing the known ones.
+    listing the known ones. Needs a `write` token, or a staff session whose user may retry failed jobs.
     """
-    outcome = operations.retry_now(queue=payload.queueName)
+    outcome = operations.retry_now(queue=payload.queueName, actor=actor(request))
     return {"success": True, "queueName": payload.queueName, **outcome.as_dict()}

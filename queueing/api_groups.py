@@ -19,12 +19,13 @@ from ninja import Query, Router, Schema
 from ninja.errors import HttpError
 from pydantic import BaseModel, Field, model_validator
 
-from queueing import operations, pauses
-from queueing.http import ERRORS, error_responses_openapi
+from queueing import operations, pauses, permissions
+from queueing.http import ERRORS, actor, auth, error_responses_openapi
 from queueing.models import FailureGroup
 from queueing.status.groups import group_figures
 from queueing.status.report import group_out
 from queueing.status.schema import GroupOut, PausedOut
+from queueing.tokens import Scope
 
 router = Router(tags=["failure groups"])
 OPENAPI = error_responses_openapi()
@@ -111,10 +112,11 @@ def list_groups(request: HttpRequest, query: Query[GroupsQuery]) -> GroupsOut:
     response={200: GroupRetryOut, **ERRORS},
     summary="Re-send every failed and dead job of a group now",
     openapi_extra=OPENAPI,
+    auth=auth(Scope.WRITE, permission=f"queueing.{permissions.RETRY}"),
 )
 def retry_group(request: HttpRequest, group_id: int, payload: EmptyIn) -> dict[str, Any]:
     """Re-send every failed and dead job of the group now (an operator's retry: no automatic retry is used)."""
-    outcome = operations.retry_now(group=_group(group_id))
+    outcome = operations.retry_now(group=_group(group_id), actor=actor(request))
     return {"success": True, "group": group_id, **outcome.as_dict()}
 
 
@@ -123,6 +125,7 @@ def retry_group(request: HttpRequest, group_id: int, payload: EmptyIn) -> dict[s
     response={200: GroupDiscardOut, **ERRORS},
     summary="Discard every failed and dead job of a group",
     openapi_extra=OPENAPI,
+    auth=auth(Scope.WRITE, permission=f"queueing.{permissions.DISCARD}"),
 )
 def discard_group(request: HttpRequest, group_id: int, payload: ReasonIn) -> dict[str, Any]:
     """Give up on every failed and dead job of the group (final)."""
@@ -135,6 +138,7 @@ def discard_group(request: HttpRequest, group_id: int, payload: ReasonIn) -> dic
     response={200: PauseOut, **ERRORS},
     summary="Pause a group's automatic retries",
     openapi_extra=OPENAPI,
+    auth=auth(Scope.WRITE, permission=f"queueing.{permissions.PAUSE}"),
 )
 def pause_group(request: HttpRequest, group_id: int, payload: ReasonIn) -> dict[str, Any]:
     """The sweep leaves the group's failed jobs alone until resumed (its breaker keeps its state); an
@@ -148,6 +152,7 @@ def pause_group(request: HttpRequest, group_id: int, payload: ReasonIn) -> dict[
     response={200: PauseOut, **ERRORS},
     summary="Resume a group's automatic retries",
     openapi_extra=OPENAPI,
+    auth=auth(Scope.WRITE, permission=f"queueing.{permissions.PAUSE}"),
 )
 def resume_group(request: HttpRequest, group_id: int, payload: EmptyIn) -> dict[str, Any]:
     """The sweep takes the group's due jobs again, as its breaker allows. An unknown group is a 404."""
@@ -160,6 +165,7 @@ def resume_group(request: HttpRequest, group_id: int, payload: EmptyIn) -> dict[
     response={200: PauseOut, **ERRORS},
     summary="Pause a queue's automatic retries (normal processing goes on)",
     openapi_extra=OPENAPI,
+    auth=auth(Scope.WRITE, permission=f"queueing.{permissions.PAUSE}"),
 )
 def pause_queue(request: HttpRequest, payload: QueuePauseIn) -> dict[str, Any]:
     """The sweep leaves the queue's failed jobs alone until resumed; new calls run and are recorded as usual,
@@ -173,6 +179,7 @@ def pause_queue(request: HttpRequest, payload: QueuePauseIn) -> dict[str, Any]:
     response={200: PauseOut, **ERRORS},
     summary="Resume a queue's automatic retries",
     openapi_extra=OPENAPI,
+    auth=auth(Scope.WRITE, permission=f"queueing.{permissions.PAUSE}"),
 )
 def resume_queue(request: HttpRequest, payload: QueuePauseIn) -> dict[str, Any]:
     """The sweep takes the queue's due jobs again. An unknown queue is a 404 listing the known ones."""

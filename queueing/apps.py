@@ -12,11 +12,14 @@ class QueueingConfig(AppConfig):
     def ready(self) -> None:
         from queueing import (  # noqa: F401  (connect the worker/beat signal handlers and the checks)
             broker_checks,
+            checks,
             conf,
             coverage,
+            permissions,
             schedule,
             signals,
         )
 
         conf.get_settings()  # fail at start-up, not at the first failure, on a bad setting
         post_migrate.connect(schedule.ensure_sweep_schedule_after_migrate, sender=self)
+        post_migrate.connect(permissions.ensure_groups, sender=self)

@@ -32,6 +32,8 @@ from queueing.registry import (
     HEADER_ORIGIN,
     celery_app,
     registered_task,
+    resendable_task_names,
+    stored_call_problem,
 )
 from queueing.retry_queues import send_to
 from queueing.throttle import ANY_QUEUE, Pacer, parse_rates
@@ -56,7 +58,7 @@ def mark_unknown_tasks_dead(candidates: FailedJobQuerySet, *, now: datetime, lim
 
     Rows already marked so are not counted again, so a caller can repeat this until it returns 0.
     """
-    registered = set(celery_app().tasks.keys())
+    registered = resendable_task_names()
     with transaction.atomic():
         jobs = list(
             candidates.select_for_update()
@@ -91,7 +93,7 @@ def claim(
     token = token or uuid.uuid4()
     with transaction.atomic():
         ids_query = (
-            candidates.filter(task_name__in=set(celery_app().tasks.keys()))
+            candidates.filter(task_name__in=resendable_task_names())
             .order_by(*order)
             .values_list("id", flat=True)
         )
@@ -143,6 +145,9 @@ def publish(
         for job in jobs:
             task = registered_task(job.task_name)
             assert task is not None  # claim() only claims registered tasks
+            if (problem := stored_call_problem(job)) is not None:
+                unsendable += _give_up(job, problem, now=now)  # a tampered or corrupted row
+                continue
             if workflow.expired(job.options, now=now):
                 lifecycle.expire(job, now=now)
                 logger.warning("job %s: %s", job.pk, job.status_reason)
@@ -170,13 +175,10 @@ def publish(
                     headers=headers,
                     producer=producer,
                 )
-            except (TypeError, EncodeError) as exc:
+            except (TypeError, ValueError, EncodeError) as exc:
                 # The stored call no longer fits the task (its signature changed) or cannot be encoded:
                 # sending it again cannot help until a person looks at it.
-                text = f"the stored call cannot be sent to {job.task_name}: {exc}"[:500]
-                logger.error("job %s: %s; marked dead", job.pk, text)
-                lifecycle.give_up(job, now=now, text=text)
-                unsendable += 1
+                unsendable += _give_up(job, str(exc), now=now)
                 continue
             except Exception as exc:  # noqa: BLE001  (a broker error: give the claim back, keep going)
                 logger.error("job %s: could not send the retry (%r); claim released", job.pk, exc)
@@ -187,6 +189,14 @@ def publish(
             sent_ids.append(job.pk)
             logger.info("job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by)
     return PublishResult(sent_ids=tuple(sent_ids), unsendable=unsendable, refused=refused, expired=expired)
+
+
+def _give_up(job: FailedJob, problem: str, *, now: datetime) -> int:
+    """A claimed job whose stored call cannot be sent: dead with the reason (``lifecycle.give_up``). Returns 1."""
+    text = f"the stored call cannot be sent to {job.task_name}: {problem}"[:500]
+    logger.error("job %s: %s; marked dead", job.pk, text)
+    lifecycle.give_up(job, now=now, text=text)
+    return 1
 
 
 # --- the sweep ------------------------------------------------------------------------------------------

@@ -97,7 +97,16 @@ class QueueingSettings:
         key="API_TOKEN",
         unit="",
         secret=True,
-        help="bearer token of the JSON API (or `sha256:<hex digest>` of it); empty: only staff sessions get in",
+        help="bearer token of the JSON API, read and write, named `api-token` (or `sha256:<hex digest>` of it); "
+        "empty: only `API_TOKENS` and staff sessions get in",
+    )
+    api_tokens: tuple[str, ...] = setting(
+        (),
+        key="API_TOKENS",
+        unit="",
+        secret=True,
+        help="named API tokens, comma-separated, each `name:read:<token>` (status, metrics) or `name:write:<token>` "
+        "(also retry, pause, send); the token may be `sha256:<hex digest>` of it",
     )
     traceback_max_chars: int = setting(
         10_000,

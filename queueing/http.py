@@ -1,10 +1,13 @@
 """The HTTP plumbing shared by the JSON API (``queueing/api.py``, ``messaging/api.py``) and ``/metrics``
 (``queueing/metrics.py``): who may call, and how every error answers.
 
-Authentication: ``Authorization: Bearer <QUEUEING_API_TOKEN>`` (the setting may hold the token itself or
-``sha256:<hex digest>`` of it, so that config files need not carry the secret), or a logged-in staff
+Authentication: ``Authorization: Bearer <token>``, one of the named tokens of ``QUEUEING_API_TOKENS`` or
+``QUEUEING_API_TOKEN`` (``queueing/tokens.py``: each has a scope, ``read`` or ``write``), or a logged-in staff
 user's session (with its CSRF token on unsafe methods). No credentials, or a wrong token: 401. A session of
-a user who is not staff: 403. ninja's operations use ``auth()``; a plain Django view uses ``refusal()``.
+a user who is not staff: 403. An operation that acts (``auth(Scope.WRITE, permission=…)``) also needs a
+``write`` token, or a session whose user has the verb's permission (``queueing.retry_failedjob`` …): else 403.
+ninja's operations use ``auth()``; a plain Django view uses ``refusal()`` (read only). ``actor(request)``
+names the caller in a job's history.
 
 Every error is JSON, ``{"error": "<what is wrong and what to do>", …}``: 400 for bad input (naming the
 fields), 401/403 as above, 404 for an unknown queue (listing the known ones) or path, 405 for a wrong method
@@ -14,8 +17,6 @@ fields), 401/403 as above, 404 for an unknown queue (listing the known ones) or 
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -28,11 +29,16 @@ from ninja.errors import AuthenticationError, AuthorizationError, HttpError, Val
 from ninja.security import HttpBearer, SessionAuthIsStaff
 from pydantic import BaseModel, Field
 
-from queueing.conf import get_settings
 from queueing.exceptions import UnknownQueue
+from queueing.tokens import ApiToken, Scope, find
 
 UNAUTHORIZED = "authentication required: send 'Authorization: Bearer <QUEUEING_API_TOKEN>' or log in as staff"
 FORBIDDEN = "forbidden: {user!r} is logged in but not staff; log in as a staff user or send the bearer token"
+READ_ONLY_TOKEN = (
+    "forbidden: token {name!r} may only read; send a token with the write scope (QUEUEING_API_TOKENS: "
+    "name:write:<token>)"
+)
+NO_PERMISSION = "forbidden: {user!r} lacks the permission {permission!r}; ask an administrator (docs/permissions.md)"
 
 
 # --- who may call ---------------------------------------------------------------------------------------------
@@ -41,24 +47,27 @@ FORBIDDEN = "forbidden: {user!r} is logged in but not staff; log in as a staff u
 class BearerToken(HttpBearer):
     openapi_description = (
         "The API token: the value of `QUEUEING_API_TOKEN` in the server's environment (or "
-        "`QUEUEING['API_TOKEN']`). `bin/start` makes one up when it is unset and prints it in its banner "
-        "(`API token …`); paste the token itself, without `Bearer `. If the setting holds "
-        "`sha256:<hex digest>`, paste the token whose digest it is. An empty setting lets no bearer in: "
-        "log in at /admin/ as a staff user instead (the StaffSession scheme)."
+        "`QUEUEING['API_TOKEN']`), or one of the named tokens of `QUEUEING_API_TOKENS` (`name:read:<token>` "
+        "may read the status and the metrics, `name:write:<token>` may also retry and send). `bin/start` makes "
+        "one up when it is unset and prints it in its banner (`API token …`); paste the token itself, without "
+        "`Bearer `. If the setting holds `sha256:<hex digest>`, paste the token whose digest it is. An empty "
+        "setting lets no bearer in: log in at /admin/ as a staff user instead (the StaffSession scheme)."
     )
 
-    def authenticate(self, request: HttpRequest, token: str) -> str | None:
-        return "token" if token_is_valid(token) else None
+    def __init__(self, scope: Scope = Scope.READ) -> None:
+        super().__init__()
+        self.scope = scope
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        found = find(token)
+        if found is not None and not found.scope.allows(self.scope):
+            raise AuthorizationError(message=READ_ONLY_TOKEN.format(name=found.name))
+        return found
 
 
 def token_is_valid(token: str) -> bool:
-    expected = get_settings().api_token
-    if not expected or not token:
-        return False
-    if expected.startswith("sha256:"):
-        given = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-        return hmac.compare_digest(given, expected)
-    return hmac.compare_digest(token.encode(), expected.encode())
+    """Whether ``token`` is one of the API's tokens (any scope)."""
+    return find(token) is not None
 
 
 class StaffSession(SessionAuthIsStaff):
@@ -67,8 +76,12 @@ class StaffSession(SessionAuthIsStaff):
     openapi_description = (
         "The session cookie of a staff user: log in at /admin/ in this browser and the docs' requests carry "
         "it (POSTs also need the `X-CSRFToken` header, from the `csrftoken` cookie). A logged-in user who is "
-        "not staff gets 403."
+        "not staff gets 403; retrying also needs the `retry_failedjob` permission."
     )
+
+    def __init__(self, permission: str = "") -> None:
+        super().__init__()
+        self.permission = permission
 
     def __call__(self, request: HttpRequest) -> Any:
         user = getattr(request, "user", None)
@@ -78,12 +91,24 @@ class StaffSession(SessionAuthIsStaff):
             return None
         if not user.is_staff:
             raise AuthorizationError(message=FORBIDDEN.format(user=user.get_username()))
-        return super().__call__(request)
+        allowed = super().__call__(request)  # the CSRF check first: a forged request hears nothing more
+        if allowed and self.permission and not user.has_perm(self.permission):
+            raise AuthorizationError(message=NO_PERMISSION.format(user=user.get_username(), permission=self.permission))
+        return allowed
 
 
-def auth() -> list[Any]:
-    """The schemes of every API operation: the bearer token, or a staff session."""
-    return [BearerToken(), StaffSession()]
+def auth(scope: Scope = Scope.READ, *, permission: str = "") -> list[Any]:
+    """The schemes of an API operation: a bearer token of ``scope``, or a staff session (with ``permission``)."""
+    return [BearerToken(scope), StaffSession(permission)]
+
+
+def actor(request: HttpRequest) -> str:
+    """Who calls, as a job's history names them: ``token:<name>`` or ``user:<username>``."""
+    caller = getattr(request, "auth", None)
+    if isinstance(caller, ApiToken):
+        return caller.actor
+    user = getattr(request, "user", None)
+    return f"user:{user.get_username()}" if user is not None and user.is_authenticated else "anonymous"
 
 
 def access_problem(request: HttpRequest) -> tuple[int, str] | None:
@@ -128,7 +153,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Bad input: `error` names the fields, `fields` says what is wrong with each.",
     401: "No credentials, a wrong token or another scheme: send `Authorization: Bearer <QUEUEING_API_TOKEN>` "
     "or log in as staff. Comes with `WWW-Authenticate: Bearer`.",
-    403: "A logged-in user who is not staff, or a staff session's POST without its CSRF token.",
+    403: "A logged-in user who is not staff, a staff session's POST without its CSRF token, a `read` token on an "
+    "operation that acts, or a session whose user lacks the verb's permission.",
     404: "An unknown queue (`knownQueues` lists the known ones), or no endpoint at that path.",
     405: "A method the path does not answer; the `Allow` header lists those it does.",
     413: "A request body over `DATA_UPLOAD_MAX_MEMORY_SIZE`.",

@@ -78,6 +78,7 @@ from django.db import models
 from django.db.models import Q
 
 from queueing import breaker, policy
+from queueing.jsoncodec import NulSafeDecoder, NulSafeEncoder
 
 #: Most events kept in ``FailedJob.history``.
 HISTORY_MAX_EVENTS = 50
@@ -173,11 +174,14 @@ class FailedJob(models.Model):
     origin_task_id = models.CharField(max_length=255, unique=True, help_text="Task id of the original call.")
     task_name = models.CharField(max_length=255)
     queue = models.CharField(max_length=200)
-    args = models.JSONField(default=list, blank=True)
-    kwargs = models.JSONField(default=dict, blank=True)
+    # NulSafe*: a NUL in an argument survives PostgreSQL (queueing/jsoncodec.py).
+    args = models.JSONField(default=list, blank=True, encoder=NulSafeEncoder, decoder=NulSafeDecoder)
+    kwargs = models.JSONField(default=dict, blank=True, encoder=NulSafeEncoder, decoder=NulSafeDecoder)
     options = models.JSONField(
         default=dict,
         blank=True,
+        encoder=NulSafeEncoder,
+        decoder=NulSafeDecoder,
         help_text="The rest of the call, as JSON (workflow, ids, expiry, limits, routing, headers): "
         "sent again with it (queueing/workflow.py).",
     )
@@ -231,6 +235,14 @@ class FailedJob(models.Model):
 
     class Meta:
         ordering = ["-last_failed_at", "-id"]
+        # One permission per operator verb (queueing/permissions.py; docs/permissions.md). Django's own
+        # view_failedjob is the read-only one; change, add and delete are never used.
+        permissions = [
+            ("retry_failedjob", "Can retry failed jobs now"),
+            ("discard_failedjob", "Can discard failed jobs"),
+            ("mark_dead_failedjob", "Can mark failed jobs dead"),
+            ("pause_retries", "Can pause and resume automatic retries"),
+        ]
         indexes = [
             models.Index(
                 fields=["next_retry_at", "id"],

@@ -20,7 +20,7 @@ Status = FailedJob.Status
 
 
 class OperatorVerb(Protocol):
-    def __call__(self, job: FailedJob, /, *, now: datetime, text: str) -> None: ...
+    def __call__(self, job: FailedJob, /, *, now: datetime, text: str, actor: str = "") -> None: ...
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,13 @@ def retry_now(
     dry_run: bool = False,
     now: datetime | None = None,
     batch_size: int | None = None,
+    actor: str = "",
 ) -> RetryOutcome:
     """Re-send failed and dead jobs now (of one queue, one failure group, or the given ids), each at most once.
 
     ``total`` counts the failed and dead jobs found; ``retried`` those sent. Jobs being retried at this moment
     are left alone. Manual retries do not use up automatic ones (``manual_retry_count`` counts them).
+    ``actor`` (who asked: ``lifecycle`` tells the forms) goes into each claimed job's history.
     """
     require_autocommit()
     validate_queue(queue)
@@ -74,6 +76,8 @@ def retry_now(
     retried_ids: list[int] = []
     unsendable = refused = 0
     while claimed := claim(candidates, now=now, claimed_by=ClaimedBy.OPERATOR, limit=limit):
+        if actor:
+            lifecycle.note_retry_requested(claimed, now=now, actor=actor)
         result = publish(claimed, now=now)
         retried_ids += result.sent_ids
         unsendable += result.unsendable
@@ -90,10 +94,13 @@ def retry_now(
     )
 
 
-def discard(*, ids: Iterable[int], now: datetime | None = None, reason: str = "discarded by an operator") -> list[int]:
+def discard(
+    *, ids: Iterable[int], now: datetime | None = None, reason: str = "discarded by an operator", actor: str = ""
+) -> list[int]:
     """Give up on failed or dead jobs (final). Returns the ids of the jobs discarded; others are left alone."""
     now = now or timezone.now()
-    return _each_allowed(ids, allowed=[Status.FAILED, Status.DEAD], verb=lifecycle.discard, now=now, text=reason)
+    allowed: list[str] = [Status.FAILED, Status.DEAD]
+    return _each_allowed(ids, allowed=allowed, verb=lifecycle.discard, now=now, text=reason, actor=actor)
 
 
 def discard_group(*, group: int, now: datetime | None = None, reason: str = "") -> list[int]:
@@ -103,17 +110,19 @@ def discard_group(*, group: int, now: datetime | None = None, reason: str = "") 
 
 
 def mark_dead(
-    *, ids: Iterable[int], now: datetime | None = None, reason: str = "marked dead by an operator"
+    *, ids: Iterable[int], now: datetime | None = None, reason: str = "marked dead by an operator", actor: str = ""
 ) -> list[int]:
     """Stop automatic retries of failed jobs. Returns the ids of the jobs that became dead; others are left alone."""
     now = now or timezone.now()
-    return _each_allowed(ids, allowed=[Status.FAILED], verb=lifecycle.mark_dead, now=now, text=reason)
+    return _each_allowed(ids, allowed=[Status.FAILED], verb=lifecycle.mark_dead, now=now, text=reason, actor=actor)
 
 
-def _each_allowed(ids: Iterable[int], *, allowed: list[str], verb: OperatorVerb, now: datetime, text: str) -> list[int]:
+def _each_allowed(
+    ids: Iterable[int], *, allowed: list[str], verb: OperatorVerb, now: datetime, text: str, actor: str
+) -> list[int]:
     """Apply ``verb`` to those of the given jobs that are in an ``allowed`` state (locked). Returns their ids."""
     with transaction.atomic():
         jobs = list(FailedJob.objects.select_for_update().filter(pk__in=list(ids), status__in=allowed).order_by("pk"))
         for job in jobs:
-            verb(job, now=now, text=text)
+            verb(job, now=now, text=text, actor=actor)
     return [job.pk for job in jobs]

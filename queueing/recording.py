@@ -56,9 +56,9 @@ class Failure:
     def from_exception(cls, exc: BaseException, *, traceback: str, **fields: Any) -> Failure:
         conf = get_settings()
         return cls(
-            exception_class=f"{type(exc).__module__}.{type(exc).__qualname__}",
-            exception_message=str(exc)[: conf.message_max_chars],
-            traceback=(traceback or "")[-conf.traceback_max_chars :],
+            exception_class=_text(f"{type(exc).__module__}.{type(exc).__qualname__}"),
+            exception_message=_text(str(exc)[: conf.message_max_chars]),
+            traceback=_text((traceback or "")[-conf.traceback_max_chars :]),
             **fields,
         )
 
@@ -72,6 +72,11 @@ class Failure:
             delay_seconds=self.delay_seconds,
             text=self.error_text,
         )
+
+
+def _text(value: str) -> str:
+    """Text any database can store: a NUL (which PostgreSQL refuses, losing the whole record) shown as U+FFFD."""
+    return value.replace("\x00", "\ufffd")
 
 
 def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJob | None:

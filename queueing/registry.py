@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.app import app_or_default
+from django.utils.dateparse import parse_datetime
 
 from queueing.exceptions import UnknownQueue
 from queueing.models import FailedJob
@@ -40,6 +41,58 @@ def celery_app() -> Celery:
 def registered_task(name: str) -> Task | None:
     """The task registered under ``name`` in this project, or ``None``. Only these are ever re-sent."""
     return celery_app().tasks.get(name)
+
+
+def is_resendable(task: Task) -> bool:
+    """Whether the system may send ``task`` again from a row: a task of the project whose failures it records.
+
+    Never Celery's own tasks nor the system's (the sweep, the failure recorder): a tampered row naming one of
+    them must not make the sweep run it.
+    """
+    return not task.name.startswith("celery.") and getattr(task, "record_failures", True)
+
+
+def resendable_task_names() -> set[str]:
+    """The names of the registered tasks the sweep and the operators may send again (``is_resendable``)."""
+    return {name for name, task in list(celery_app().tasks.items()) if is_resendable(task)}
+
+
+def stored_call_problem(job: FailedJob) -> str | None:
+    """What makes a row's stored call unsendable as it stands (a tampered or corrupted row), or ``None``.
+
+    The arguments' fit to the task's signature is Celery's to check when sending (``TypeError``).
+    """
+    if not isinstance(job.args, list):
+        return f"its args must be a JSON list, got {type(job.args).__name__}"
+    if not isinstance(job.kwargs, dict):
+        return f"its kwargs must be a JSON object, got {type(job.kwargs).__name__}"
+    if not isinstance(job.options, dict):
+        return f"its options must be a JSON object, got {type(job.options).__name__}"
+    if not isinstance(job.options.get("headers") or {}, dict):
+        return "its options' headers must be a JSON object"
+    if (expires := job.options.get("expires")) and not _aware_time(expires):
+        return f"its expires must be an ISO 8601 time with a time zone, got {str(expires)[:50]!r}"
+    for limit in ("time_limit", "soft_time_limit"):
+        value = job.options.get(limit)
+        if value is not None and (type(value) not in (int, float) or value <= 0):
+            return f"its {limit} must be a positive number of seconds, got {str(value)[:50]!r}"
+    priority = job.options.get("priority")
+    if priority is not None and (type(priority) is not int or not 0 <= priority <= 255):
+        return f"its priority must be a whole number from 0 to 255, got {str(priority)[:50]!r}"
+    if celery_app().conf.task_queues and job.queue not in (queues := declared_queues()):
+        return (
+            f"unknown queue {job.queue[:200]!r}; known queues: {', '.join(sorted(queues))}: fix the row's queue "
+            "(or declare the queue in CELERY_TASK_QUEUES), then retry the job"
+        )
+    return None
+
+
+def _aware_time(value: Any) -> bool:
+    try:
+        parsed = parse_datetime(str(value))
+    except ValueError:
+        return False
+    return parsed is not None and parsed.tzinfo is not None
 
 
 def declared_queues() -> set[str]:

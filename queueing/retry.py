@@ -100,7 +100,7 @@ class RetryManager:
         self, queue_name: str | None = None, *, group: int | None = None, dry_run: bool = False
     ) -> dict[str, int]:
         """Re-send every failed and dead job of ``queue_name`` (all queues if None; or of one group) now."""
-        return operations.retry_now(queue=queue_name, group=group, dry_run=dry_run).as_dict()
+        return operations.retry_now(queue=queue_name, group=group, dry_run=dry_run, actor="python-api").as_dict()
 
 
 def get_retry_manager() -> RetryManager:

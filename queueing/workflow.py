@@ -143,7 +143,7 @@ def has_workflow(options: dict[str, Any]) -> bool:
 
 def failure_context(job: FailedJob) -> Context:
     """The request of the original call, rebuilt from the row, as Celery's result backend reads it."""
-    options = job.options or {}
+    options = job.options if isinstance(job.options, dict) else {}
     return Context(
         id=job.origin_task_id,
         task=job.task_name,
@@ -180,7 +180,7 @@ def fail_workflow(job: FailedJob) -> None:
     failed for the last time is not passed here: that clone re-raised, and Celery did the same in the worker.
     Never raises: the job's state is already written; a broker or backend error is logged.
     """
-    options = job.options or {}
+    options = job.options if isinstance(job.options, dict) else {}  # a tampered row: no workflow to tell
     if not has_workflow(options):
         return
     from queueing.registry import celery_app

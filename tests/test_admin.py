@@ -28,6 +28,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 Status = FailedJob.Status
 CHANGELIST = "admin:queueing_failedjob_changelist"
+#: The verbs' own permissions (tests/test_permissions.py tests each apart).
+OPERATOR_VERBS = ("retry_failedjob", "discard_failedjob", "mark_dead_failedjob")
 
 
 # --- fixtures and helpers -----------------------------------------------------------------------------------
@@ -43,7 +45,7 @@ def _staff(username: str, *codenames: str) -> User:
 def operator() -> Client:
     """A logged-in staff user who may view and act on failed jobs (but is not a superuser)."""
     client = Client()
-    client.force_login(_staff("operator", "view_failedjob", "change_failedjob"))
+    client.force_login(_staff("operator", "view_failedjob", *OPERATOR_VERBS))
     return client
 
 
@@ -563,7 +565,7 @@ def test_the_history_records_the_jobs_the_service_says_it_changed(
     # Given two failed jobs, of which the service discards only the first (the other changed state meanwhile)
     first, second = make_failed_job(), make_failed_job()
     discard = operations.discard
-    monkeypatch.setattr(operations, "discard", lambda *, ids, now: discard(ids=[first.pk], now=now))
+    monkeypatch.setattr(operations, "discard", lambda *, ids, now, **kw: discard(ids=[first.pk], now=now, **kw))
 
     # When the operator discards both
     _, final = _run_action(operator, "discard_selected", [first, second])

@@ -28,7 +28,8 @@ def settings_for_groups(configure: Any) -> None:
 @pytest.fixture
 def operator() -> Client:
     user = User.objects.create_user("operator", is_staff=True)
-    codenames = ["view_failuregroup", "view_failedjob", "change_failedjob", "view_queuepause", "add_queuepause"]
+    codenames = ["view_failuregroup", "view_failedjob", "view_queuepause", "add_queuepause"]
+    codenames += ["retry_failedjob", "discard_failedjob", "pause_retries"]  # each verb its own permission
     user.user_permissions.set(Permission.objects.filter(content_type__app_label="queueing", codename__in=codenames))
     client = Client()
     client.force_login(user)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 import requests
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -54,6 +54,8 @@ def call(url: Any, method: str, path: str, body: Any = None, **kwargs: Any) -> r
 def session_cookies(url: Any, *, staff: bool) -> dict[str, str]:
     """A logged-in session (and its CSRF cookie) usable from outside the test client."""
     user = User.objects.create_user(f"user-{staff}", is_staff=staff)
+    # A staff operator may retry (tests/test_permissions.py: a session without the permission may not)
+    user.user_permissions.set(Permission.objects.filter(codename="retry_failedjob"))
     client = Client()
     client.force_login(user)
     csrf = requests.get(url("/admin/login/"), timeout=10).cookies["csrftoken"]

@@ -11,13 +11,15 @@ from tests.conftest import ROOT
 
 #: Lowest first, as in docs/architecture.md. A package stands for all its modules.
 LAYERS: list[set[str]] = [
-    {"policy", "backoff", "breaker", "fingerprint", "throttle"},
+    {"policy", "backoff", "breaker", "fingerprint", "throttle", "jsoncodec"},
     {
         "models",
         "registry",
         "autoretry",
         "conf",
         "http",
+        "tokens",
+        "permissions",
         "exceptions",
         "migrations",
         "workflow",
@@ -28,7 +30,8 @@ LAYERS: list[set[str]] = [
     {"lifecycle"},
     {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses", "retention", "spool"},
     {"status", "alerts"},
-    {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "apps", "coverage"},
+    {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "checks", "apps"}
+    | {"coverage"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

@@ -92,7 +92,7 @@ def test_one_sweep_costs_the_same_queries_for_5_due_jobs_as_for_50(
     for n in (5, 50):
         # Given n due jobs (those of the previous round are being retried: not due)
         for _ in range(n):
-            make_failed_job(queue="q1")
+            make_failed_job(queue="default")
 
         # When one sweep sends them
         with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(MAX_SWEEP_QUERIES):
@@ -113,11 +113,11 @@ def test_one_bulk_retry_costs_the_same_queries_for_5_jobs_as_for_50(
     for n in (5, 50):
         # Given n failed and dead jobs (those of the previous round are being retried: left alone)
         for i in range(n):
-            make_failed_job(queue="q1", status=Status.DEAD if i % 2 else Status.FAILED)
+            make_failed_job(queue="default", status=Status.DEAD if i % 2 else Status.FAILED)
 
         # When an operator retries the queue
         with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(MAX_BULK_RETRY_QUERIES):
-            outcome = operations.retry_now(queue="q1")
+            outcome = operations.retry_now(queue="default")
 
         assert (outcome.total, outcome.retried, len(outcome.retried_ids)) == (n, n, n)
         counts[n] = len(queries)

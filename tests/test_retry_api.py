@@ -47,7 +47,7 @@ def test_start_auto_retry_keeps_what_it_is_not_given() -> None:
 
 
 def test_a_new_max_retries_decides_when_jobs_die(make_failed_job: Any, broker: redis.Redis, now: Any) -> None:
-    job = make_failed_job(queue="q1", retry_count=3)
+    job = make_failed_job(queue="default", retry_count=3)
     assert claims.sweep(now=now).sent == 0
 
     start_auto_retry(max_retries=4)

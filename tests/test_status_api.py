@@ -246,6 +246,7 @@ def worker_process(subprocess_env: dict[str, str], silent_server: str) -> Iterat
         "WHATSAPP_GATEWAY_URL": silent_server,
         "WHATSAPP_GATEWAY_TIMEOUT_SECONDS": "60",
         "QUEUEING_BACKOFF_BASE": "60",  # an immediate retry is held by the worker for a minute: delayed
+        "QUEUEING_LEASE_SECONDS": "600",  # longer than the hard limit plus a 240 s countdown (queueing/checks.py)
     }
     command = [sys.executable, "-m", "celery", "-A", "project", "worker", "-I", "tests.tasks"]
     command += ["-Q", "default,whatsapp-send", "-c", "2", "-n", f"status-{uuid.uuid4().hex[:8]}@%h", "-l", "INFO"]

@@ -28,15 +28,15 @@ def published(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
 
 
 def test_sweep_sends_only_jobs_that_are_due(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
-    due = make_failed_job(queue="q1", next_retry_at=now - timedelta(seconds=1))
-    make_failed_job(queue="q1", next_retry_at=now + timedelta(minutes=5))
-    make_failed_job(queue="q1", status=Status.DEAD, next_retry_at=None)
-    make_failed_job(queue="q1", status=Status.RESOLVED)
+    due = make_failed_job(queue="default", next_retry_at=now - timedelta(seconds=1))
+    make_failed_job(queue="default", next_retry_at=now + timedelta(minutes=5))
+    make_failed_job(queue="default", status=Status.DEAD, next_retry_at=None)
+    make_failed_job(queue="default", status=Status.RESOLVED)
 
     result = claims.sweep(now=now)
 
     assert (result.claimed, result.sent) == (1, 1)
-    [headers] = published(broker, "q1")
+    [headers] = published(broker, "default")
     assert headers[registry.HEADER_JOB_ID] == due.pk
     assert headers["task"] == "tests.tasks.succeed"
     due.refresh_from_db()
@@ -49,23 +49,23 @@ def test_sweep_sends_only_jobs_that_are_due(broker: redis.Redis, make_failed_job
 def test_sweep_leaves_jobs_that_used_up_their_automatic_retries(
     broker: redis.Redis, make_failed_job: Any, now: Any
 ) -> None:
-    make_failed_job(queue="q1", retry_count=3)
+    make_failed_job(queue="default", retry_count=3)
 
     assert claims.sweep(now=now).sent == 0
-    assert published(broker, "q1") == []
+    assert published(broker, "default") == []
 
 
 def test_sweep_claims_at_most_the_waves_size(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
     for _ in range(5):
-        make_failed_job(queue="q1")
+        make_failed_job(queue="default")
 
     assert claims.sweep(now=now, batch_size=2, max_jobs=2).sent == 2
-    assert len(published(broker, "q1")) == 2
+    assert len(published(broker, "default")) == 2
     assert FailedJob.objects.filter(status=Status.FAILED).count() == 3
 
 
 def test_two_sweeps_at_once_never_send_a_job_twice(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
-    jobs = [make_failed_job(queue="race") for _ in range(120)]
+    jobs = [make_failed_job(queue="default") for _ in range(120)]
     start = threading.Barrier(3)
     claimed: list[list[int]] = [[], [], []]
     errors: list[BaseException] = []
@@ -90,7 +90,7 @@ def test_two_sweeps_at_once_never_send_a_job_twice(broker: redis.Redis, make_fai
         t.join(60)
 
     assert errors == []
-    sent_ids = [h[registry.HEADER_JOB_ID] for h in published(broker, "race")]
+    sent_ids = [h[registry.HEADER_JOB_ID] for h in published(broker, "default")]
     assert sorted(sent_ids) == sorted(j.pk for j in jobs)  # each exactly once
     assert sum(sum(c) for c in claimed) == len(jobs)
     assert set(FailedJob.objects.values_list("retry_count", flat=True)) == {1}
@@ -99,10 +99,10 @@ def test_two_sweeps_at_once_never_send_a_job_twice(broker: redis.Redis, make_fai
 def test_a_retry_whose_publish_was_lost_is_sent_again_when_its_lease_expires(
     broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
 ) -> None:
-    job = make_failed_job(queue="q1")
+    job = make_failed_job(queue="default")
     # Given a sweep that claimed the job and died before publishing (or whose message the broker lost)
     claims.sweep(now=now)
-    broker.delete("q1")
+    broker.delete("default")
     job.refresh_from_db()
     assert (job.status, job.retry_count) == (Status.RETRYING, 1)
 
@@ -115,7 +115,7 @@ def test_a_retry_whose_publish_was_lost_is_sent_again_when_its_lease_expires(
     assert (result.recovered, result.sent) == (1, 1)
     job.refresh_from_db()
     assert (job.status, job.retry_count) == (Status.RETRYING, 1)
-    assert [h[registry.HEADER_JOB_ID] for h in published(broker, "q1")] == [job.pk]
+    assert [h[registry.HEADER_JOB_ID] for h in published(broker, "default")] == [job.pk]
     assert "lease_expired" in [e["event"] for e in job.history]
     assert job.reason_code == FailedJob.Reason.LEASE_EXPIRED_NOT_STARTED
 
@@ -124,7 +124,7 @@ def test_a_retry_that_started_and_vanished_uses_up_its_retry(
     broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
 ) -> None:
     configure(RETRY_DELAY=300)
-    job = make_failed_job(queue="q1")
+    job = make_failed_job(queue="default")
     claims.sweep(now=now)
     job.refresh_from_db()
     # Given a clone that started (renewing its lease) and whose worker was then killed
@@ -145,7 +145,7 @@ def test_a_retry_that_started_and_vanished_uses_up_its_retry(
 def test_an_expired_lease_on_the_last_retry_leaves_the_job_dead(
     broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
 ) -> None:
-    job = make_failed_job(queue="q1", retry_count=2)
+    job = make_failed_job(queue="default", retry_count=2)
     claims.sweep(now=now)
     job.refresh_from_db()
     recording.start_clone(job_id=job.pk, claim_token=str(job.claim_token), task_id="clone-1", now=now)
@@ -160,12 +160,12 @@ def test_an_expired_lease_on_the_last_retry_leaves_the_job_dead(
 def test_a_job_naming_an_unknown_task_is_marked_dead_and_not_sent(
     broker: redis.Redis, make_failed_job: Any, now: Any
 ) -> None:
-    job = make_failed_job(queue="q1", task_name="tests.tasks.no_such_task")
+    job = make_failed_job(queue="default", task_name="tests.tasks.no_such_task")
 
     result = claims.sweep(now=now)
 
     assert (result.unknown, result.sent) == (1, 0)
-    assert published(broker, "q1") == []
+    assert published(broker, "default") == []
     job.refresh_from_db()
     assert job.status == Status.DEAD
     assert "'tests.tasks.no_such_task' is not registered" in job.status_reason
@@ -175,7 +175,7 @@ def test_a_job_naming_an_unknown_task_is_marked_dead_and_not_sent(
 def test_a_publish_error_gives_the_claim_and_the_retry_back(
     broker: redis.Redis, make_failed_job: Any, now: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = make_failed_job(queue="q1")
+    job = make_failed_job(queue="default")
 
     def broker_down(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
@@ -200,7 +200,7 @@ def test_a_stored_call_that_no_longer_fits_its_task_is_marked_dead_not_resent_fo
     broker: redis.Redis, make_failed_job: Any, now: Any
 ) -> None:
     # Given a row recorded before the task's signature changed
-    job = make_failed_job(queue="q1", task_name="tests.tasks.fail_times", args=["only-one-argument"])
+    job = make_failed_job(queue="default", task_name="tests.tasks.fail_times", args=["only-one-argument"])
 
     result = claims.sweep(now=now)
 
@@ -210,33 +210,33 @@ def test_a_stored_call_that_no_longer_fits_its_task_is_marked_dead_not_resent_fo
     assert "cannot be sent to tests.tasks.fail_times" in job.status_reason
     assert "missing 1 required positional argument: 'times'" in job.status_reason
     assert job.reason_code == FailedJob.Reason.UNSENDABLE
-    assert published(broker, "q1") == []
+    assert published(broker, "default") == []
 
 
 def test_a_bulk_retry_goes_on_past_jobs_it_cannot_send(broker: redis.Redis, make_failed_job: Any) -> None:
     # Given a queue where the first batch holds only calls that no longer fit their task
-    misfits = [make_failed_job(queue="q1", task_name="tests.tasks.fail_times", args=["x"]) for _ in range(3)]
-    sendable = [make_failed_job(queue="q1") for _ in range(3)]
+    misfits = [make_failed_job(queue="default", task_name="tests.tasks.fail_times", args=["x"]) for _ in range(3)]
+    sendable = [make_failed_job(queue="default") for _ in range(3)]
 
-    outcome = operations.retry_now(queue="q1", batch_size=2)
+    outcome = operations.retry_now(queue="default", batch_size=2)
 
     assert (outcome.total, outcome.retried, outcome.unsendable, outcome.refused) == (6, 3, 3, 0)
-    assert sorted(h[registry.HEADER_JOB_ID] for h in published(broker, "q1")) == [j.pk for j in sendable]
+    assert sorted(h[registry.HEADER_JOB_ID] for h in published(broker, "default")) == [j.pk for j in sendable]
     assert {FailedJob.objects.get(pk=j.pk).status for j in misfits} == {Status.DEAD}
 
 
 def test_a_bulk_retry_tells_dead_jobs_of_unknown_tasks_apart_once(broker: redis.Redis, make_failed_job: Any) -> None:
-    job = make_failed_job(queue="q1", task_name="tests.tasks.gone", status=Status.DEAD, status_reason="old reason")
+    job = make_failed_job(queue="default", task_name="tests.tasks.gone", status=Status.DEAD, status_reason="old reason")
 
-    first = operations.retry_now(queue="q1")
-    second = operations.retry_now(queue="q1")
+    first = operations.retry_now(queue="default")
+    second = operations.retry_now(queue="default")
 
     assert (first.total, first.retried, first.unknown) == (1, 0, 1)
     assert (second.total, second.retried, second.unknown) == (1, 0, 0)
     job.refresh_from_db()
     assert job.status == Status.DEAD
     assert job.status_reason.startswith("unregistered task: 'tests.tasks.gone' is not registered")
-    assert published(broker, "q1") == []
+    assert published(broker, "default") == []
 
 
 def test_discarding_and_marking_dead_leave_an_event_in_the_history(make_failed_job: Any, now: Any) -> None:

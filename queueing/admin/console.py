@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
-from django.contrib.auth import get_permission_codename
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.translation import ngettext
@@ -35,6 +33,9 @@ from queueing.admin.filters import (
 )
 from queueing.models import FailedJob
 from queueing.schedule import SWEEP_TASK_NAME
+
+#: The longest search the list accepts (a task id is 36 characters; SQLite refuses LIKE patterns of 50,000 bytes).
+SEARCH_MAX_CHARS = 1_000
 
 
 @admin.register(FailedJob)
@@ -76,14 +77,28 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: FailedJob | None = None) -> bool:
-        return False  # the detail page is read-only; the verbs need has_operate_permission
+        return False  # the detail page is read-only; each verb needs its own permission (has_verb_permission)
 
     def has_delete_permission(self, request: HttpRequest, obj: FailedJob | None = None) -> bool:
         return False  # the row is the record of the failure: discard it instead
 
-    def has_operate_permission(self, request: HttpRequest) -> bool:
-        """Retry, discard and mark dead: for users allowed to change failed jobs."""
-        return request.user.has_perm(f"{self.opts.app_label}.{get_permission_codename('change', self.opts)}")
+    # Each verb its own permission (least privilege): a user with only view_failedjob reads and never acts.
+
+    def has_verb_permission(self, request: HttpRequest, verb: verbs.Verb) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.{verb.permission}")
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return self.has_verb_permission(request, verbs.RETRY)
+
+    def has_discard_permission(self, request: HttpRequest) -> bool:
+        return self.has_verb_permission(request, verbs.DISCARD)
+
+    def has_mark_dead_permission(self, request: HttpRequest) -> bool:
+        return self.has_verb_permission(request, verbs.MARK_DEAD)
+
+    def allowed_verbs(self, request: HttpRequest) -> list[str]:
+        """The keys of the verbs this user may use."""
+        return [key for key, verb in verbs.VERBS.items() if self.has_verb_permission(request, verb)]
 
     def get_readonly_fields(self, request: HttpRequest, obj: FailedJob | None = None) -> list[str]:
         return flatten_fieldsets(self.fieldsets)
@@ -98,6 +113,12 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[FailedJob], search_term: str
     ) -> tuple[QuerySet[FailedJob], bool]:
+        if len(search_term) > SEARCH_MAX_CHARS:
+            # A database refuses a LIKE pattern that long (SQLite: "pattern too complex"): say so, find nothing.
+            self.message_user(
+                request, f"search too long: at most {SEARCH_MAX_CHARS} characters; shorten it", messages.ERROR
+            )
+            return queryset.none(), False
         filtered = queryset
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip().lstrip("#")
@@ -106,6 +127,17 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
         return queryset, may_have_duplicates
 
     # -- verbs: the list's actions, and the detail page's buttons -----------------------------------------
+
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[FailedJob], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
+        """Django's action dispatch, after checking that the selection is job ids (Django filters on it as is)."""
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        if not all(value.isascii() and value.isdigit() and len(value) < 19 for value in selected):
+            problem = "invalid selection: select the jobs again (ids are whole numbers)"
+            self.message_user(request, problem, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_action(request, queryset, *args, **kwargs)
 
     def _run_action(self, verb: verbs.Verb, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
         if request.POST.get("post") != "yes":
@@ -116,15 +148,15 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
         self.message_user(request, outcome.message, outcome.level)
         return None
 
-    @admin.action(description=verbs.RETRY.title, permissions=["operate"])
+    @admin.action(description=verbs.RETRY.title, permissions=["retry"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
         return self._run_action(verbs.RETRY, request, queryset)
 
-    @admin.action(description=verbs.DISCARD.title, permissions=["operate"])
+    @admin.action(description=verbs.DISCARD.title, permissions=["discard"])
     def discard_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
         return self._run_action(verbs.DISCARD, request, queryset)
 
-    @admin.action(description=verbs.MARK_DEAD.title, permissions=["operate"])
+    @admin.action(description=verbs.MARK_DEAD.title, permissions=["mark_dead"])
     def mark_dead_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
         return self._run_action(verbs.MARK_DEAD, request, queryset)
 
@@ -188,12 +220,19 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
         """The detail page's buttons: one verb on one job, confirmed first, then back to the detail page."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        if not self.has_operate_permission(request):
-            raise PermissionDenied
         verb = verbs.VERBS.get(request.POST.get("verb", ""))
         if verb is None:
+            if not self.allowed_verbs(request):
+                raise PermissionDenied
             return HttpResponse("unknown verb: use retry, discard or mark_dead", status=400)
-        job = get_object_or_404(self.get_queryset(request).defer(*LIST_DEFERRED_FIELDS), pk=object_id)
+        if not self.has_verb_permission(request, verb):
+            raise PermissionDenied
+        try:
+            job = self.get_queryset(request).defer(*LIST_DEFERRED_FIELDS).filter(pk=object_id).first()
+        except (ValueError, ValidationError):  # not an id at all
+            job = None
+        if job is None:
+            raise Http404(f"no failed job {object_id[:50]!r}")
         selection = FailedJob.objects.filter(pk=job.pk)
         if request.POST.get("post") != "yes":
             preview = verbs.preview(verb, selection)
@@ -215,11 +254,16 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
             "sweep": sweep,
             "sweep_schedule": (sweep.interval or sweep.crontab or "no schedule") if sweep else None,
             "sweep_url": sweep_url,
-            "can_operate": self.has_operate_permission(request),
+            "can_operate": bool(allowed := self.allowed_verbs(request)),
+            "allowed_verbs": allowed,
             "time_format": display.TIME_FORMAT_DJANGO,
         }
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        if any("\x00" in key + value for key, values in request.GET.lists() for value in values):
+            # No column holds a NUL (PostgreSQL refuses one in a query): the list without the filters, told why.
+            self.message_user(request, "a filter or search held a NUL character; it was dropped", messages.ERROR)
+            return HttpResponseRedirect(request.path)
         context = {
             "title": "Failed jobs",
             # The list needs the width (its columns fit 1,400 px beside the filters); the breadcrumbs lead on.

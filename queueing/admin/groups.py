@@ -13,14 +13,13 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.auth import get_permission_codename
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
-from queueing import breaker, operations, pauses
+from queueing import breaker, operations, pauses, permissions
 from queueing.admin import display
 from queueing.exceptions import UnknownQueue
 from queueing.models import FailedJob, FailureGroup, QueuePause
@@ -29,11 +28,17 @@ from queueing.status.groups import STILL_FAILING
 
 
 class OperateMixin:
-    """The verbs need the right to change failed jobs (as in the failed-jobs console)."""
+    """Each verb needs its own permission, as in the failed-jobs console (``queueing/permissions.py``)."""
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"queueing.{permissions.RETRY}")
+
+    def has_discard_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"queueing.{permissions.DISCARD}")
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
-        opts = FailedJob._meta
-        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+        """Pause and resume (a group, or a queue: adding or deleting its pause)."""
+        return request.user.has_perm(f"queueing.{permissions.PAUSE}")
 
 
 @admin.register(FailureGroup)
@@ -117,15 +122,15 @@ class FailureGroupAdmin(OperateMixin, admin.ModelAdmin):
 
     # -- verbs ------------------------------------------------------------------------------------------
 
-    @admin.action(description="Retry the selected groups' failed and dead jobs now", permissions=["operate"])
+    @admin.action(description="Retry the selected groups' failed and dead jobs now", permissions=["retry"])
     def retry_groups(self, request: HttpRequest, queryset: QuerySet[FailureGroup]) -> None:
         sent = found = 0
         for group_id in queryset.values_list("pk", flat=True):
-            outcome = operations.retry_now(group=group_id)
+            outcome = operations.retry_now(group=group_id, actor=f"user:{request.user.get_username()}")
             sent, found = sent + outcome.retried, found + outcome.total
         self.message_user(request, f"Sent {sent} of {found} failed or dead job(s) again.", messages.SUCCESS)
 
-    @admin.action(description="Discard the selected groups' failed and dead jobs", permissions=["operate"])
+    @admin.action(description="Discard the selected groups' failed and dead jobs", permissions=["discard"])
     def discard_groups(self, request: HttpRequest, queryset: QuerySet[FailureGroup]) -> None:
         discarded = sum(len(operations.discard_group(group=pk)) for pk in queryset.values_list("pk", flat=True))
         self.message_user(request, ngettext("Discarded %d job.", "Discarded %d jobs.", discarded) % discarded)

@@ -22,7 +22,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import ngettext
 
-from queueing import autoretry, operations
+from queueing import autoretry, operations, permissions
 from queueing.models import FailedJob
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ SKIPPED = {
 }
 
 
+def actor_of(user: User) -> str:
+    """How a job's history names a user who acted in the admin (or through the API with a session)."""
+    return f"user:{user.get_username()}"
+
+
 def plural(phrases: tuple[str, str], n: int) -> str:
     """The singular or plural phrase for ``n``, with ``n`` in it."""
     return ngettext(phrases[0], phrases[1], n) % {"n": n}
@@ -61,8 +66,9 @@ class Applied:
 class Verb:
     """One operator verb: the states it acts on, its words, and (in each subclass) how it acts."""
 
-    key: str  # the detail page's button value
+    key: str  # the detail page's button value, and the admin's ``has_<key>_permission``
     action: str  # the list's action name
+    permission: str  # the model permission (codename) a user needs to use the verb
     title: str
     eligible: tuple[str, ...]
     confirm_label: str
@@ -103,7 +109,7 @@ class RetryVerb(Verb):
 
     def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
         """``operations.retry_now`` on exactly these ids; a phrase for each kind of job it could not send."""
-        outcome = operations.retry_now(ids=ids, now=now)
+        outcome = operations.retry_now(ids=ids, now=now, actor=actor_of(user))
         left = len(ids) - outcome.retried - outcome.unknown - outcome.unsendable
         reasons = (
             (
@@ -153,7 +159,7 @@ class DiscardVerb(TransitionVerb):
     """Give up on failed and dead jobs, for good (``operations.discard``)."""
 
     def transition(self, ids: list[int], *, now: datetime, user: User) -> list[int]:
-        return operations.discard(ids=ids, now=now)
+        return operations.discard(ids=ids, now=now, actor=actor_of(user))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,12 +167,14 @@ class MarkDeadVerb(TransitionVerb):
     """Stop the automatic retries of failed jobs (``operations.mark_dead``); the reason names the operator."""
 
     def transition(self, ids: list[int], *, now: datetime, user: User) -> list[int]:
-        return operations.mark_dead(ids=ids, now=now, reason=f"marked dead by {user.get_username()} in the admin")
+        reason = f"marked dead by {user.get_username()} in the admin"
+        return operations.mark_dead(ids=ids, now=now, reason=reason, actor=actor_of(user))
 
 
 RETRY = RetryVerb(
     key="retry",
     action="retry_selected",
+    permission=permissions.RETRY,
     title="Retry selected now",
     eligible=(Status.FAILED, Status.DEAD),
     confirm_label="Yes, retry them now",
@@ -178,6 +186,7 @@ RETRY = RetryVerb(
 DISCARD = DiscardVerb(
     key="discard",
     action="discard_selected",
+    permission=permissions.DISCARD,
     title="Discard selected",
     eligible=(Status.FAILED, Status.DEAD),
     confirm_label="Yes, discard them",
@@ -189,6 +198,7 @@ DISCARD = DiscardVerb(
 MARK_DEAD = MarkDeadVerb(
     key="mark_dead",
     action="mark_dead_selected",
+    permission=permissions.MARK_DEAD,
     title="Mark selected dead",
     eligible=(Status.FAILED,),
     confirm_label="Yes, mark them dead",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -24,7 +25,7 @@ class Command(BaseCommand):
         try:
             if group is not None:
                 pauses.get_group(group)
-            outcome = operations.retry_now(queue=queue, group=group, dry_run=dry_run)
+            outcome = operations.retry_now(queue=queue, group=group, dry_run=dry_run, actor=actor())
         except (UnknownQueue, pauses.UnknownGroup) as exc:
             raise CommandError(str(exc)) from exc
         where = (
@@ -39,3 +40,12 @@ class Command(BaseCommand):
             self.stdout.write(
                 self.style.SUCCESS(f"{where}: found {outcome.total} failed or dead job(s), sent {outcome.retried}")
             )
+
+
+def actor() -> str:
+    """How a job's history names who ran the command: the command and the operating-system user."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's)
+        user = "?"
+    return f"command:retry_all_failed (os user {user})"
