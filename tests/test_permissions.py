@@ -78,8 +78,8 @@ def test_who_could_change_failed_jobs_before_the_upgrade_keeps_the_verbs() -> No
     group.permissions.add(change)
 
     # When the migration's step runs
-    migration = importlib.import_module("queueing.migrations.0009_guard_verb_permissions")
-    state = MigrationExecutor(connection).loader.project_state(("queueing", "0009_guard_verb_permissions"))
+    migration = importlib.import_module("queueing.migrations.0010_guard_verb_permissions")
+    state = MigrationExecutor(connection).loader.project_state(("queueing", "0010_guard_verb_permissions"))
     with connection.schema_editor() as editor:
         migration.forwards(state.apps, editor)
 

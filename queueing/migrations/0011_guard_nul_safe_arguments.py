@@ -8,7 +8,7 @@ import queueing.jsoncodec
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('queueing', '0009_guard_verb_permissions'),
+        ('queueing', '0010_guard_verb_permissions'),
     ]
 
     operations = [
