@@ -95,8 +95,10 @@ def main() -> None:
     print(f"FailedJob rows written by the failure path: {recorded} (expected {args.failures * args.rounds})")
 
 
-def _run(client: object, task: object, n: int) -> float:
-    """Queue n calls while the worker is not consuming them yet, then time until all ran. Returns calls/s."""
+def _run(client: object, task: object, n: int, *, attempts_each: int = 1) -> float:
+    """Queue n calls while the worker is not consuming them yet, then time until all ran. Returns calls/s.
+
+    ``attempts_each``: how many times each call runs its body (1 + its immediate retries)."""
     key = f"done-{uuid.uuid4().hex}"
     # Queue everything first, then measure the worker alone: publishing time is not the worker's.
     for _ in range(n):
@@ -105,7 +107,7 @@ def _run(client: object, task: object, n: int) -> float:
     started = time.perf_counter()
     while client.lmove("bench-hold", "bench", "LEFT", "RIGHT"):  # type: ignore[attr-defined]
         pass
-    _wait(client, key, n)
+    _wait(client, key, n * attempts_each)
     return n / (time.perf_counter() - started)
 
 

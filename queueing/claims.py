@@ -185,8 +185,20 @@ def publish(
                 refused += 1
                 continue
             sent_ids.append(job.pk)
-            logger.info("job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by)
-    return PublishResult(sent_ids=tuple(sent_ids), unsendable=unsendable, refused=refused, expired=expired)
+            logger.debug("job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by)
+    result = PublishResult(sent_ids=tuple(sent_ids), unsendable=unsendable, refused=refused, expired=expired)
+    if sent_ids or unsendable or refused or expired:
+        # One line per batch at INFO (each job's line is at DEBUG): a bulk retry of 100,000 jobs logs 200 lines.
+        logger.info(
+            "sent again: %s jobs (ids %s to %s); not sent: %s unsendable, %s refused, %s expired",
+            len(sent_ids),
+            min(sent_ids, default="-"),
+            max(sent_ids, default="-"),
+            unsendable,
+            refused,
+            expired,
+        )
+    return result
 
 
 # --- the sweep ------------------------------------------------------------------------------------------
