@@ -150,7 +150,7 @@ def failure_path(*, calls: int, rounds: int, concurrency: int) -> None:
     from bench import pipeline, tasks
 
     client = broker()
-    with worker(concurrency, QUEUEING_BACKOFF_BASE_SECONDS="0", QUEUEING_BACKOFF_JITTER="false"):
+    with worker(concurrency, QUEUEING_BACKOFF_BASE="0", QUEUEING_BACKOFF_JITTER="false"):
         for figure, plain, retryable, attempts in (
             ("failure path, 0 immediate retries", tasks.plain_fail, tasks.retryable_fail, 1),
             ("failure path, 3 immediate retries", tasks.plain_fail_autoretry, tasks.retryable_fail_3, 4),
@@ -320,11 +320,55 @@ def sweep_child(spec: str) -> None:
     print(time.time())
 
 
+def status_and_admin(*, rows: int, rounds: int, requests: int) -> None:
+    """Rows 5 and 6 (PostgreSQL): ``GET /api/queue/status`` p95 and the admin changelist with ``rows`` rows.
+
+    Loads the mix of ``bench/status_api.py`` (kept between runs when the count matches)."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from bench import status_api
+    from queueing.models import FailedJob
+
+    if FailedJob.objects.count() != rows:
+        status_api.load(rows)
+    analyze()
+    status_api.set_queueing(STATUS_COUNTS_CACHE_SECONDS=1.0)
+    request = status_api.make_client()
+    request("")
+    p95s = []
+    for _ in range(rounds):
+        durations = sorted(timed(lambda: request("")) for _ in range(requests))
+        p95s.append(durations[int(0.95 * (len(durations) - 1))] * 1000)
+    emit(f"GET /api/queue/status p95 ms, {rows:,} rows", p95s, target_ms=10)
+
+    user, _ = get_user_model().objects.get_or_create(
+        username="bench-admin", defaults={"is_staff": True, "is_superuser": True}
+    )
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(user)
+    pages = {
+        "unfiltered": "",
+        "by status": "?status__exact=failed",
+        "text search": "?q=maintenance",
+    }
+    for label, query in pages.items():
+        url = "/admin/queueing/failedjob/" + query
+
+        def get(url: str = url) -> None:
+            response = client.get(url)
+            assert response.status_code == 200, (url, response.status_code)
+
+        get()
+        emit(f"admin changelist {label} s, {rows:,} rows", [timed(get) for _ in range(rounds)], target_seconds=0.3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N (the CI smoke run): checks it works")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", default="", help="comma-separated: failure,bulk,sweep,batch,rss,scale")
+    parser.add_argument("--only", default="", help="comma-separated: failure,bulk,sweep,batch,rss,scale,status")
+    parser.add_argument("--status-rows", type=int, default=1_000_000, help="rows of the status/admin figures")
     parser.add_argument("--only-rss-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--only-sweep-child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -366,6 +410,8 @@ def main() -> None:
         resend_rate_by_batch(jobs=300 if q else 5_000, batch_sizes=[50, 100] if q else [50, 100, 500, 1000, 2000])
     if want("rss"):
         rss(sizes=[500, 2_000] if q else [10_000, 30_000, 100_000])
+    if want("status") and postgres:
+        status_and_admin(rows=5_000 if q else args.status_rows, rounds=args.rounds, requests=20 if q else 200)
     if want("scale") and postgres:
         scale_out(due=400 if q else 100_000, sweepers=4, batch_size=100 if q else 500)
     empty()
