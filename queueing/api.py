@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest
 from ninja import Query, Router, Schema
 from pydantic import Field
 
-from queueing import operations, status
+from queueing import bulkops, operations, status
 from queueing.http import ERRORS, error_responses_openapi
+from queueing.models import BulkOperation
 from queueing.status.schema import StatusOut
 
 router = Router(tags=["queues"])
@@ -49,6 +50,10 @@ def queue_status(request: HttpRequest, query: Query[StatusQuery]) -> StatusOut:
 
 class RetryAllIn(Schema):
     queueName: str = Field(min_length=1, max_length=200)
+    taskName: str | None = Field(None, min_length=1, max_length=255, description="Only this task.")
+    exceptionClass: str | None = Field(None, min_length=1, max_length=255, description="Only this error class.")
+    dryRun: bool = Field(False, description="Count and group what would be sent; send nothing.")
+    ratePerSecond: float | None = Field(None, gt=0, description="Most jobs sent per second.")
 
 
 class RetryAllOut(Schema):
@@ -56,18 +61,78 @@ class RetryAllOut(Schema):
     queueName: str
     total: int
     retried: int
+    dryRun: bool = False
+    notSent: dict[str, int] = Field(default_factory=dict, description="Jobs not sent, per reason.")
+    groups: list[dict[str, Any]] = Field(default_factory=list, description="The selection per task and error.")
+
+
+class OperationOut(Schema):
+    operationId: int
+    kind: str
+    state: str
+    selection: dict[str, Any]
+    total: int
+    sent: int
+    report: dict[str, Any] | None
+    error: str | None
+    createdAt: str
+    startedAt: str | None
+    finishedAt: str | None
+
+
+class AcceptedOut(Schema):
+    success: bool
+    queueName: str
+    total: int
+    operationId: int
+    progressUrl: str
 
 
 @router.post(
     "/queue/retry-all-failed",
-    response={200: RetryAllOut, **ERRORS},
+    response={200: RetryAllOut, 202: AcceptedOut, **ERRORS},
     summary="Re-send every failed and dead job of a queue now",
     openapi_extra=error_responses_openapi(),
 )
-def retry_all_failed(request: HttpRequest, payload: RetryAllIn) -> dict[str, Any]:
-    """Re-send every failed and dead job of `queueName` now, whatever their next retry time; jobs already
-    being retried are left alone. `total`: the jobs found; `retried`: those sent. An unknown queue is a 404
-    listing the known ones.
+def retry_all_failed(request: HttpRequest, payload: RetryAllIn) -> Any:
+    """Re-send every failed and dead job of `queueName` (optionally only `taskName` / `exceptionClass`) now,
+    whatever their next retry time; jobs already being retried are left alone. `total`: the jobs found;
+    `retried`: those sent; `notSent`: the others per reason (unknown task, unsendable, refused by the broker,
+    left alone); `dryRun`: count them and list them per group, send nothing. An unknown queue is a 404 listing
+    the known ones.
+
+    More than 1,000 jobs run in the background: the answer is a 202 with `operationId` and `progressUrl`
+    (`GET /api/queue/operations/{id}`: `sent` of `total`, then the report).
     """
-    outcome = operations.retry_now(queue=payload.queueName)
-    return {"success": True, "queueName": payload.queueName, **outcome.as_dict()}
+    spec = {"queue": payload.queueName, "taskName": payload.taskName, "exceptionClass": payload.exceptionClass}
+    selection = bulkops.selection_of(spec)
+    if not payload.dryRun:
+        found = operations.retry_now(selection=selection, dry_run=True)
+        if found.total > bulkops.SYNC_MAX_JOBS:
+            operation = bulkops.start_retry(
+                spec, total=found.total, requested_by="api", rate_per_second=payload.ratePerSecond
+            )
+            return 202, {
+                "success": True,
+                "queueName": payload.queueName,
+                "total": found.total,
+                "operationId": operation.pk,
+                "progressUrl": f"/api/queue/operations/{operation.pk}",
+            }
+    outcome = operations.retry_now(selection=selection, dry_run=payload.dryRun, rate_per_second=payload.ratePerSecond)
+    report = outcome.report()
+    return 200, {"success": True, "queueName": payload.queueName, **report}
+
+
+@router.get(
+    "/queue/operations/{operation_id}",
+    response={200: OperationOut, **ERRORS},
+    summary="A background bulk retry's progress and report",
+    openapi_extra=error_responses_openapi(),
+)
+def operation_status(request: HttpRequest, operation_id: int) -> Any:
+    """`state` (queued, running, done, failed), `sent` of `total` so far, and once done the report."""
+    operation = BulkOperation.objects.filter(pk=operation_id).first()
+    if operation is None:
+        raise Http404(f"no bulk operation #{operation_id}")
+    return bulkops.describe(operation)
