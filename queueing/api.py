@@ -61,9 +61,11 @@ class RetryAllOut(Schema):
     queueName: str
     total: int
     retried: int
-    dryRun: bool = False
-    notSent: dict[str, int] = Field(default_factory=dict, description="Jobs not sent, per reason.")
-    groups: list[dict[str, Any]] = Field(default_factory=list, description="The selection per task and error.")
+    dryRun: bool | None = Field(None, description="Present (true) for a dry run: nothing was sent.")
+    notSent: dict[str, int] | None = Field(
+        None, description="Present when some jobs found were not sent: how many per reason."
+    )
+    groups: list[dict[str, Any]] | None = Field(None, description="A dry run's selection per task and error.")
 
 
 class OperationOut(Schema):
@@ -93,6 +95,7 @@ class AcceptedOut(Schema):
     response={200: RetryAllOut, 202: AcceptedOut, **ERRORS},
     summary="Re-send every failed and dead job of a queue now",
     openapi_extra=error_responses_openapi(),
+    exclude_none=True,
 )
 def retry_all_failed(request: HttpRequest, payload: RetryAllIn) -> Any:
     """Re-send every failed and dead job of `queueName` (optionally only `taskName` / `exceptionClass`) now,
@@ -120,8 +123,14 @@ def retry_all_failed(request: HttpRequest, payload: RetryAllIn) -> Any:
                 "progressUrl": f"/api/queue/operations/{operation.pk}",
             }
     outcome = operations.retry_now(selection=selection, dry_run=payload.dryRun, rate_per_second=payload.ratePerSecond)
+    answer = {"success": True, "queueName": payload.queueName, **outcome.as_dict()}
     report = outcome.report()
-    return 200, {"success": True, "queueName": payload.queueName, **report}
+    # The seed's shape when every job found was sent; what was not (and why), or the dry run's groups, beside it.
+    if payload.dryRun:
+        answer |= {"dryRun": True, "groups": report["groups"]}
+    if any(report["notSent"].values()):
+        answer["notSent"] = report["notSent"]
+    return 200, answer
 
 
 @router.get(
