@@ -57,6 +57,7 @@ class RetryOutcome:
     unknown: int = 0  # not sent: the task is not registered (marked dead with the reason)
     unsendable: int = 0  # not sent: the stored call no longer fits the task (now dead)
     refused: int = 0  # not sent: the broker refused; the run stopped there
+    expired: int = 0  # not sent: the call's own ``expires`` had passed (now dead)
     retried_ids: tuple[int, ...] = ()  # the ids of the jobs sent (``retried`` of them), in the order sent
     groups: tuple[GroupCount, ...] = ()  # the selection per group (a dry run lists them; a run too)
     dry_run: bool = False
@@ -64,7 +65,7 @@ class RetryOutcome:
     @property
     def left_alone(self) -> int:
         """Found but neither sent nor refused for a known reason: changed state meanwhile, or the run stopped."""
-        return max(0, self.total - self.retried - self.unknown - self.unsendable - self.refused)
+        return max(0, self.total - self.retried - self.unknown - self.unsendable - self.refused - self.expired)
 
     def as_dict(self) -> dict[str, int]:
         return {"total": self.total, "retried": self.retried}
@@ -78,6 +79,7 @@ class RetryOutcome:
                 "unknownTask": self.unknown,
                 "unsendable": self.unsendable,
                 "refused": self.refused,
+                "expired": self.expired,
                 "leftAlone": 0 if self.dry_run else self.left_alone,
             },
             "groups": [group.as_dict() for group in self.groups],
@@ -160,7 +162,7 @@ def retry_now(
     while marked := mark_unknown_tasks_dead(candidates, now=now, limit=limit):
         unknown += marked
     retried_ids: list[int] = []
-    unsendable = refused = 0
+    unsendable = refused = expired = 0
     started = time.monotonic()
     after_id = 0
     while batch := list(candidates.filter(pk__gt=after_id).order_by("pk").values_list("pk", flat=True)[:limit]):
@@ -169,6 +171,7 @@ def retry_now(
         result = publish(claimed, now=now)
         retried_ids += result.sent_ids
         unsendable += result.unsendable
+        expired += result.expired
         if on_progress is not None:
             on_progress(len(retried_ids), total)
         if result.refused:
@@ -182,6 +185,7 @@ def retry_now(
         unknown=unknown,
         unsendable=unsendable,
         refused=refused,
+        expired=expired,
         retried_ids=tuple(retried_ids),
     )
     logger.info("bulk retry: %s", outcome.report())

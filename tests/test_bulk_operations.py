@@ -66,7 +66,13 @@ def test_a_bulk_retry_takes_the_filter_and_reports_what_it_did_not_send_and_why(
 
     assert (outcome.total, outcome.retried) == (3, 2)
     assert sorted(outcome.retried_ids) == sorted(job.pk for job in timeouts)
-    assert outcome.report()["notSent"] == {"unknownTask": 1, "unsendable": 0, "refused": 0, "leftAlone": 0}
+    assert outcome.report()["notSent"] == {
+        "unknownTask": 1,
+        "unsendable": 0,
+        "refused": 0,
+        "expired": 0,
+        "leftAlone": 0,
+    }
     assert outcome.as_dict() == {"total": 3, "retried": 2}
     assert FailedJob.objects.get(exception_class="app.Refused").status == Status.FAILED
 
@@ -103,7 +109,7 @@ def test_the_api_answers_the_seeds_shape_when_all_went_and_says_why_when_some_di
         "queueName": "q1",
         "total": 2,
         "retried": 1,
-        "notSent": {"unknownTask": 1, "unsendable": 0, "refused": 0, "leftAlone": 0},
+        "notSent": {"unknownTask": 1, "unsendable": 0, "refused": 0, "expired": 0, "leftAlone": 0},
     }
 
 

@@ -15,6 +15,7 @@ REASONS = {
     "unknownTask": "their task is not registered in this project (marked dead with the reason)",
     "unsendable": "their stored call no longer fits their task (now dead: see the status reason)",
     "refused": "the broker refused them (the run stopped there; run it again)",
+    "expired": "their call's own expiry had passed (now dead)",
     "leftAlone": "they changed state meanwhile",
 }
 
