@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, task_prerun, worker_init
+from celery.signals import after_setup_logger, celeryd_init, task_prerun
 
 from project import logconfig
 
@@ -24,10 +24,10 @@ app.autodiscover_tasks()
 after_setup_logger.connect(logconfig.celery_set_up_logging, weak=False)
 
 
-@worker_init.connect(weak=False)
+@celeryd_init.connect(weak=False)
 def keep_database_connections(**_: Any) -> None:
-    """A worker (``celery worker``, before it forks its pool) keeps its database connections between tasks for
-    ``WORKER_CONN_MAX_AGE`` seconds (``project/settings.py``), checked before each task, and reuses the retry
+    """A worker started by ``celery worker`` (before it forks its pool; not a test's embedded worker) keeps its
+    database connections between tasks for ``WORKER_CONN_MAX_AGE`` seconds (``project/settings.py``), checked before each task, and reuses the retry
     policy it read for ``WORKER_POLICY_MAX_AGE_SECONDS``."""
     from django.conf import settings
     from django.db import connections
