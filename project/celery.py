@@ -27,8 +27,8 @@ after_setup_logger.connect(logconfig.celery_set_up_logging, weak=False)
 @celeryd_init.connect(weak=False)
 def keep_database_connections(**_: Any) -> None:
     """A worker started by ``celery worker`` (before it forks its pool; not a test's embedded worker) keeps its
-    database connections between tasks for ``WORKER_CONN_MAX_AGE`` seconds (``project/settings.py``), checked before each task, and reuses the retry
-    policy it read for ``WORKER_POLICY_MAX_AGE_SECONDS``."""
+    database connections between tasks for ``WORKER_CONN_MAX_AGE`` seconds (``project/settings.py``), checked
+    before each task, and reuses the retry policy it read for ``WORKER_POLICY_MAX_AGE_SECONDS``."""
     from django.conf import settings
     from django.db import connections
 
