@@ -190,3 +190,17 @@ def test_a_first_failure_of_a_call_is_recorded_in_two_queries(django_assert_max_
     # The same call failing again goes the locked way and updates its row
     again = recording.record_failure(failure)
     assert again is not None and again.pk == job.pk and again.attempts == 8
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_recorded_queues_are_read_with_one_query_one_probe_per_queue(make_failed_job: Any) -> None:
+    from queueing import registry
+
+    for queue in ("q2", "q1", "q2", "q3"):
+        make_failed_job(queue=queue)
+
+    with CaptureQueriesContext(connection) as queries:
+        found = registry.recorded_queues()
+
+    assert found == {"q1", "q2", "q3"}
+    assert len(queries) == 1 and "DISTINCT" not in queries[0]["sql"].upper()
