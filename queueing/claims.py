@@ -111,6 +111,10 @@ def claim(
         return list(FailedJob.objects.filter(claim_token=token).order_by("id"))
 
 
+#: Most jobs of one publish logged one line each at INFO; a larger batch logs them at DEBUG and one summary line.
+PER_JOB_INFO_MAX = 10
+
+
 @dataclass(frozen=True)
 class PublishResult:
     sent_ids: tuple[int, ...] = ()  # the jobs sent
@@ -139,6 +143,9 @@ def publish(
     """
     sent_ids: list[int] = []
     unsendable = refused = expired = 0
+    jobs = list(jobs)
+    # A few jobs: one line each at INFO, as any state change. A bulk: each at DEBUG, one summary line at INFO.
+    per_job_level = logging.INFO if len(jobs) <= PER_JOB_INFO_MAX else logging.DEBUG
     with celery_app().producer_or_acquire() as producer:
         for job in jobs:
             task = registered_task(job.task_name)
@@ -185,9 +192,11 @@ def publish(
                 refused += 1
                 continue
             sent_ids.append(job.pk)
-            logger.debug("job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by)
+            logger.log(
+                per_job_level, "job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by
+            )
     result = PublishResult(sent_ids=tuple(sent_ids), unsendable=unsendable, refused=refused, expired=expired)
-    if sent_ids or unsendable or refused or expired:
+    if len(jobs) > PER_JOB_INFO_MAX:
         # One line per batch at INFO (each job's line is at DEBUG): a bulk retry of 100,000 jobs logs 200 lines.
         logger.info(
             "sent again: %s jobs (ids %s to %s); not sent: %s unsendable, %s refused, %s expired",

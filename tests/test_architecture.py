@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"lifecycle"},
     {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses", "retention"},
     {"status", "alerts"},
-    {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "apps", "coverage"},
+    {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "apps", "coverage", "bulkops"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 
