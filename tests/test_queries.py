@@ -167,32 +167,6 @@ def test_a_dry_run_costs_three_queries_whatever_the_number_of_jobs(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_first_failure_of_a_call_is_recorded_in_two_queries(django_assert_max_num_queries: Any) -> None:
-    from queueing import recording
-
-    failure = recording.Failure(
-        task_name="tests.tasks.always_fail",
-        task_id="t-1",
-        origin_task_id="t-1",
-        queue="q1",
-        args=[],
-        kwargs={},
-        exception_class="builtins.RuntimeError",
-        exception_message="boom",
-        traceback="",
-        attempts=4,
-    )
-    # The policy and one INSERT (the worker reuses the policy for a second: then one)
-    with django_assert_max_num_queries(2):
-        job = recording.record_failure(failure)
-    assert job is not None and job.status == Status.FAILED
-
-    # The same call failing again goes the locked way and updates its row
-    again = recording.record_failure(failure)
-    assert again is not None and again.pk == job.pk and again.attempts == 8
-
-
-@pytest.mark.django_db(transaction=True)
 def test_the_recorded_queues_are_read_with_one_query_one_probe_per_queue(make_failed_job: Any) -> None:
     from queueing import registry
 

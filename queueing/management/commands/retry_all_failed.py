@@ -1,4 +1,5 @@
-"""python manage.py retry_all_failed [--queue NAME] [--group ID] [--task NAME] [--exception CLASS] [--dry-run] [--rate N]"""
+"""python manage.py retry_all_failed [--queue NAME] [--group ID] [--task NAME] [--exception CLASS] [--dry-run]
+[--rate N]"""
 
 from __future__ import annotations
 

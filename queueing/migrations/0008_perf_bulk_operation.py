@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("queueing", "0006_workflows_expired_reason"),
+        ("queueing", "0007_breaker_groups"),
     ]
 
     operations = [
