@@ -81,9 +81,9 @@ class Command(BaseCommand):
         where = where or "all queues"
         if dry_run:
             self.stdout.write(f"{where}: found {outcome.total} failed or dead job(s); dry run, none sent")
-            for group in outcome.groups:
-                would = "would be sent" if group.sendable else "would NOT be sent: unknown task"
-                self.stdout.write(f"  {group.jobs:>7}  {group.task_name}  {group.exception_class}  ({would})")
+            for found in outcome.groups:
+                would = "would be sent" if found.sendable else "would NOT be sent: unknown task"
+                self.stdout.write(f"  {found.jobs:>7}  {found.task_name}  {found.exception_class}  ({would})")
             return
         self.stdout.write(
             self.style.SUCCESS(f"{where}: found {outcome.total} failed or dead job(s), sent {outcome.retried}")
