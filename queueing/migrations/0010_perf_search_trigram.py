@@ -38,7 +38,7 @@ def drop(apps: Any, schema_editor: Any) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("queueing", "0008_perf_bulk_operation")]
+    dependencies = [("queueing", "0009_perf_bulk_operation")]
 
     operations = [
         TrigramExtension(),

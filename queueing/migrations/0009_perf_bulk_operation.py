@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("queueing", "0007_breaker_groups"),
+        ("queueing", "0008_policy_error_reasons"),
     ]
 
     operations = [
