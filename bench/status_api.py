@@ -173,42 +173,48 @@ def load(rows: int) -> None:
     started = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE queueing_failedjob RESTART IDENTITY")
+    from queueing.models import FailedJob
+
+    # Every column the model has (those added since this script was written get their defaults), via the model.
+    fields = [f for f in FailedJob._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(str(f.column) for f in fields)
+    connection.ensure_connection()
     raw = connection.connection
-    with raw.cursor() as cursor, cursor.copy(f"COPY queueing_failedjob ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+    with raw.cursor() as cursor, cursor.copy(f"COPY queueing_failedjob ({columns}) FROM STDIN") as copy:
         for i in range(rows):
             job_status = rng.choices(statuses, status_weights)[0]
             queue = rng.choices(queues, queue_weights)[0]
             last = now - timedelta(seconds=rng.uniform(0, 90 * 86400))
             first = last - timedelta(seconds=rng.uniform(0, 3600))
-            copy.write_row(
-                (
-                    f"bench-{i}",
-                    "messaging.tasks.send_whatsapp_message" if queue == "whatsapp-send" else "tests.tasks.always_fail",
-                    queue,
-                    '["default", "+15550001", "hi"]',
-                    "{}",
-                    "{}",
-                    job_status,
-                    "automatic retries used up (3 of 3)" if job_status == "dead" else "",
-                    "messaging.gateway.GatewayUnavailable",
-                    "gateway answered 503: down for maintenance",
-                    "Traceback (most recent call last):\n  ...\nGatewayUnavailable: gateway answered 503\n",
-                    4 * (1 + rng.randint(0, 3)),
-                    rng.randint(0, 3),
-                    0,
-                    "",
-                    "",
-                    "",
-                    first,
-                    last,
-                    last + timedelta(seconds=300) if job_status == "failed" else None,
-                    last if job_status == "dead" else None,
-                    last + timedelta(seconds=600) if job_status == "resolved" else None,
-                    first,
-                    last,
-                    "[]",
-                )
+            values = (
+                f"bench-{i}",
+                "messaging.tasks.send_whatsapp_message" if queue == "whatsapp-send" else "tests.tasks.always_fail",
+                queue,
+                ["default", "+15550001", "hi"],
+                {},
+                {},
+                job_status,
+                "automatic retries used up (3 of 3)" if job_status == "dead" else "",
+                "messaging.gateway.GatewayUnavailable",
+                "gateway answered 503: down for maintenance",
+                "Traceback (most recent call last):\n  ...\nGatewayUnavailable: gateway answered 503\n",
+                4 * (1 + rng.randint(0, 3)),
+                rng.randint(0, 3),
+                0,
+                "",
+                "",
+                "",
+                first,
+                last,
+                last + timedelta(seconds=300) if job_status == "failed" else None,
+                last if job_status == "dead" else None,
+                last + timedelta(seconds=600) if job_status == "resolved" else None,
+                first,
+                last,
+                [],
             )
+            job = FailedJob(**dict(zip(COLUMNS, values, strict=True)))
+            copy.write_row([f.get_db_prep_save(getattr(job, f.attname), connection) for f in fields])
     raw.commit()
     print(f"loaded {rows:,} rows with COPY in {time.perf_counter() - started:.1f} s")
 

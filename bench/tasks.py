@@ -38,3 +38,29 @@ def plain_fail(key: str) -> None:
 def retryable_fail(key: str) -> None:
     _done(key)
     raise RuntimeError("fails on purpose")
+
+
+@shared_task(
+    name="bench.plain_fail_autoretry",
+    base=Task,
+    autoretry_for=(RuntimeError,),
+    max_retries=3,
+    default_retry_delay=0,
+    retry_backoff=False,
+)
+def plain_fail_autoretry(key: str) -> None:
+    """Plain Celery as users write it: 3 immediate retries (no delay, to time the machinery), then it fails."""
+    _done(key)
+    raise RuntimeError("fails on purpose")
+
+
+@shared_task(name="bench.retryable_fail_3", base=RetryableTask, immediate_retries=3)
+def retryable_fail_3(key: str) -> None:
+    """The same with RetryableTask: 3 immediate retries (backoff 0 s in the bench), then its FailedJob row."""
+    _done(key)
+    raise RuntimeError("fails on purpose")
+
+
+@shared_task(name="bench.noop", base=RetryableTask)
+def noop(*args: object, **kwargs: object) -> None:
+    """What bulk retries and sweeps re-send in the bench (never run: the bench only counts messages)."""

@@ -122,6 +122,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         DATABASES["default"]["TEST"] = {"NAME": f"{_sqlite_name}.test"}
     VAR_DIR.mkdir(parents=True, exist_ok=True)
 
+# Connections are health-checked before reuse. Web requests keep Django's default lifetime (CONN_MAX_AGE,
+# seconds; 0: closed after each request). Workers keep theirs between tasks for WORKER_CONN_MAX_AGE seconds
+# (project/celery.py): a fresh PostgreSQL connection per failed task cost 10 of the failure path's 28 ms
+# (docs/benchmarks.md, "profile"). 0 restores a connection per task.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+WORKER_CONN_MAX_AGE = env.int("WORKER_CONN_MAX_AGE", default=300)
+# Seconds a worker reuses the automatic retry policy it read (start_auto_retry reaches workers within it).
+WORKER_POLICY_MAX_AGE_SECONDS = env.float("WORKER_POLICY_MAX_AGE_SECONDS", default=1.0)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -218,6 +228,9 @@ CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True  # the FailedJob row is the record
 # A call whose worker process is killed is retried like a failure, then recorded (queueing/tasks.py).
 CELERY_TASK_RETRY_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fix-up closes the database connection before and after every task unless this is set; it
+# then closes it every 1,000 tasks and project/celery.py drops it when unusable or older than WORKER_CONN_MAX_AGE.
+CELERY_DB_REUSE_MAX = 1_000 if WORKER_CONN_MAX_AGE else None
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=540)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
 # Redis: longer than the longest immediate-retry countdown plus the hard time limit: Redis redelivers an

@@ -93,9 +93,7 @@ def claim(
     token = token or uuid.uuid4()
     with transaction.atomic():
         ids_query = (
-            candidates.filter(task_name__in=resendable_task_names())
-            .order_by(*order)
-            .values_list("id", flat=True)
+            candidates.filter(task_name__in=resendable_task_names()).order_by(*order).values_list("id", flat=True)
         )
         if connection.features.has_select_for_update_skip_locked:
             ids_query = ids_query.select_for_update(skip_locked=True)
@@ -111,6 +109,10 @@ def claim(
             lease_seconds=get_settings().lease_seconds,
         )
         return list(FailedJob.objects.filter(claim_token=token).order_by("id"))
+
+
+#: Most jobs of one publish logged one line each at INFO; a larger batch logs them at DEBUG and one summary line.
+PER_JOB_INFO_MAX = 10
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,9 @@ def publish(
     """
     sent_ids: list[int] = []
     unsendable = refused = expired = 0
+    jobs = list(jobs)
+    # A few jobs: one line each at INFO, as any state change. A bulk: each at DEBUG, one summary line at INFO.
+    per_job_level = logging.INFO if len(jobs) <= PER_JOB_INFO_MAX else logging.DEBUG
     with celery_app().producer_or_acquire() as producer:
         for job in jobs:
             task = registered_task(job.task_name)
@@ -187,8 +192,22 @@ def publish(
                 refused += 1
                 continue
             sent_ids.append(job.pk)
-            logger.info("job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by)
-    return PublishResult(sent_ids=tuple(sent_ids), unsendable=unsendable, refused=refused, expired=expired)
+            logger.log(
+                per_job_level, "job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by
+            )
+    result = PublishResult(sent_ids=tuple(sent_ids), unsendable=unsendable, refused=refused, expired=expired)
+    if len(jobs) > PER_JOB_INFO_MAX:
+        # One line per batch at INFO (each job's line is at DEBUG): a bulk retry of 100,000 jobs logs 200 lines.
+        logger.info(
+            "sent again: %s jobs (ids %s to %s); not sent: %s unsendable, %s refused, %s expired",
+            len(sent_ids),
+            min(sent_ids, default="-"),
+            max(sent_ids, default="-"),
+            unsendable,
+            refused,
+            expired,
+        )
+    return result
 
 
 def _give_up(job: FailedJob, problem: str, *, now: datetime) -> int:

@@ -401,3 +401,37 @@ class QueuePause(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue}: automatic retries paused"
+
+
+class BulkOperation(models.Model):
+    """A bulk retry too large to answer at once, run in the background (``queueing/bulkops.py``).
+
+    Its row is where its progress is read (``GET /api/queue/operations/<id>``, the admin): ``queued`` when
+    asked for, ``running`` with ``sent`` of ``total`` growing batch after batch, then ``done`` with its report
+    (what was not sent and why) or ``failed`` with the error.
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=32, default="retry")
+    selection = models.JSONField(default=dict, help_text="Which jobs: queue, task name, exception class.")
+    rate_per_second = models.FloatField(null=True, blank=True, help_text="Most jobs sent per second; none: no limit.")
+    requested_by = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    total = models.PositiveIntegerField(default=0)
+    sent = models.PositiveIntegerField(default=0)
+    report = models.JSONField(default=dict, blank=True, help_text="What was sent, not sent and why (when done).")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"bulk {self.kind} #{self.pk}: {self.state}, {self.sent} of {self.total} sent"

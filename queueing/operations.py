@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from queueing import lifecycle
 from queueing.claims import ClaimedBy, claim, mark_unknown_tasks_dead, publish, require_autocommit
 from queueing.conf import get_settings
-from queueing.models import FailedJob
-from queueing.registry import validate_queue
+from queueing.models import FailedJob, FailedJobQuerySet
+from queueing.registry import celery_app, validate_queue
+
+logger = logging.getLogger(__name__)
 
 Status = FailedJob.Status
 
@@ -24,16 +29,100 @@ class OperatorVerb(Protocol):
 
 
 @dataclass(frozen=True)
+class GroupCount:
+    """One group of a bulk retry's selection: the failures of one task with one exception class.
+
+    (Grouped by task and exception class; the failure groups of issue 8 item 4 replace this once they land.)
+    """
+
+    task_name: str
+    exception_class: str
+    jobs: int
+    sendable: bool  # False: the task is not registered here, so none of them would be sent
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "taskName": self.task_name,
+            "exceptionClass": self.exception_class,
+            "jobs": self.jobs,
+            "wouldSend": self.jobs if self.sendable else 0,
+            "notSentBecause": None if self.sendable else "unknown task",
+        }
+
+
+@dataclass(frozen=True)
 class RetryOutcome:
     total: int  # failed and dead jobs found
     retried: int  # sent
     unknown: int = 0  # not sent: the task is not registered (marked dead with the reason)
     unsendable: int = 0  # not sent: the stored call no longer fits the task (now dead)
     refused: int = 0  # not sent: the broker refused; the run stopped there
+    expired: int = 0  # not sent: the call's own ``expires`` had passed (now dead)
     retried_ids: tuple[int, ...] = ()  # the ids of the jobs sent (``retried`` of them), in the order sent
+    groups: tuple[GroupCount, ...] = ()  # the selection per group (a dry run lists them; a run too)
+    dry_run: bool = False
+
+    @property
+    def left_alone(self) -> int:
+        """Found but neither sent nor refused for a known reason: changed state meanwhile, or the run stopped."""
+        return max(0, self.total - self.retried - self.unknown - self.unsendable - self.refused - self.expired)
 
     def as_dict(self) -> dict[str, int]:
         return {"total": self.total, "retried": self.retried}
+
+    def report(self) -> dict[str, Any]:
+        """``as_dict()`` and what was not sent and why, per reason, and the selection per group."""
+        return {
+            **self.as_dict(),
+            "dryRun": self.dry_run,
+            "notSent": {
+                "unknownTask": self.unknown,
+                "unsendable": self.unsendable,
+                "refused": self.refused,
+                "expired": self.expired,
+                "leftAlone": 0 if self.dry_run else self.left_alone,
+            },
+            "groups": [group.as_dict() for group in self.groups],
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which failed and dead jobs a bulk retry takes: every filter an operator can set, ANDed; None: any."""
+
+    queue: str | None = None
+    ids: Iterable[int] | None = None
+    task_name: str | None = None
+    exception_class: str | None = None
+    group: int | None = None  # one failure group (``groups``)
+    where: FailedJobQuerySet | None = None  # e.g. the admin's filtered changelist
+
+    def candidates(self, now: datetime) -> FailedJobQuerySet:
+        # Each job at most once per call: one that fails again while this runs has last_failed_at > now, and one
+        # this run had to give up on (its stored call no longer fits its task) has dead_at == now.
+        jobs = FailedJob.objects.retryable_by_hand().in_queue(self.queue).in_group(self.group)
+        jobs = jobs.filter(last_failed_at__lte=now).exclude(dead_at__gte=now)
+        if self.ids is not None:
+            jobs = jobs.filter(pk__in=list(self.ids))
+        if self.task_name is not None:
+            jobs = jobs.filter(task_name=self.task_name)
+        if self.exception_class is not None:
+            jobs = jobs.filter(exception_class=self.exception_class)
+        if self.where is not None:
+            jobs = jobs.filter(pk__in=self.where.order_by().values("pk"))
+        return jobs
+
+
+def groups_of(candidates: FailedJobQuerySet) -> tuple[GroupCount, ...]:
+    """The candidates per (task, exception class), largest group first, in one grouped query."""
+    registered = set(celery_app().tasks.keys())
+    rows = (
+        candidates.order_by()
+        .values_list("task_name", "exception_class")
+        .annotate(n=Count("pk"))
+        .order_by("-n", "task_name", "exception_class")
+    )
+    return tuple(GroupCount(task, exc, n, task in registered) for task, exc, n in rows)
 
 
 def retry_now(
@@ -41,57 +130,70 @@ def retry_now(
     queue: str | None = None,
     ids: Iterable[int] | None = None,
     group: int | None = None,
+    selection: Selection | None = None,
     dry_run: bool = False,
     now: datetime | None = None,
     batch_size: int | None = None,
+    rate_per_second: float | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     actor: str = "",
 ) -> RetryOutcome:
-    """Re-send failed and dead jobs now (of one queue, one failure group, or the given ids), each at most once.
+    """Re-send failed and dead jobs now (of one queue, one failure group, the given ids, or a ``Selection``), each
+    at most once per call.
 
-    ``total`` counts the failed and dead jobs found; ``retried`` those sent. Jobs being retried at this moment
-    are left alone. Manual retries do not use up automatic ones (``manual_retry_count`` counts them).
+    ``total`` counts the failed and dead jobs found; ``retried`` those sent; the outcome says what was not sent
+    and why. Jobs being retried at this moment are left alone. Manual retries do not use up automatic ones
+    (``manual_retry_count`` counts them). ``dry_run``: count and group, send nothing. ``rate_per_second``: at
+    most that many jobs sent per second (a recovering service). ``on_progress(sent, total)`` after each batch.
+    The jobs are read in batches of ``batch_size`` in id order (keyset), so memory and each query stay bounded
+    whatever the number of jobs.
     ``actor`` (who asked: ``lifecycle`` tells the forms) goes into each claimed job's history.
     """
     require_autocommit()
-    validate_queue(queue)
+    selection = selection or Selection(queue=queue, ids=ids, group=group)
+    validate_queue(selection.queue)
     now = now or timezone.now()
     limit = batch_size or get_settings().batch_size
-    # Each job at most once per call: one that fails again while this runs has last_failed_at > now, and one
-    # this run had to give up on (its stored call no longer fits its task) has dead_at == now.
-    candidates = (
-        FailedJob.objects.retryable_by_hand()
-        .in_queue(queue)
-        .in_group(group)
-        .filter(last_failed_at__lte=now)
-        .exclude(dead_at__gte=now)
-    )
-    if ids is not None:
-        candidates = candidates.filter(pk__in=list(ids))
+    if rate_per_second:
+        limit = max(1, min(limit, int(rate_per_second)))
+    candidates = selection.candidates(now)
     total = candidates.count()
     if dry_run:
-        return RetryOutcome(total=total, retried=0)
+        return RetryOutcome(total=total, retried=0, groups=groups_of(candidates), dry_run=True)
     unknown = 0
     while marked := mark_unknown_tasks_dead(candidates, now=now, limit=limit):
         unknown += marked
     retried_ids: list[int] = []
-    unsendable = refused = 0
-    while claimed := claim(candidates, now=now, claimed_by=ClaimedBy.OPERATOR, limit=limit):
-        if actor:
+    unsendable = refused = expired = 0
+    started = time.monotonic()
+    after_id = 0
+    while batch := list(candidates.filter(pk__gt=after_id).order_by("pk").values_list("pk", flat=True)[:limit]):
+        after_id = batch[-1]
+        claimed = claim(candidates.filter(pk__in=batch), now=now, claimed_by=ClaimedBy.OPERATOR, limit=limit)
+        if actor and claimed:
             lifecycle.note_retry_requested(claimed, now=now, actor=actor)
         result = publish(claimed, now=now)
         retried_ids += result.sent_ids
         unsendable += result.unsendable
+        expired += result.expired
+        if on_progress is not None:
+            on_progress(len(retried_ids), total)
         if result.refused:
             refused = result.refused
             break  # the broker refuses: stop rather than spin on the released rows
-    return RetryOutcome(
+        if rate_per_second and (wait := len(retried_ids) / rate_per_second - (time.monotonic() - started)) > 0:
+            time.sleep(wait)
+    outcome = RetryOutcome(
         total=total,
         retried=len(retried_ids),
         unknown=unknown,
         unsendable=unsendable,
         refused=refused,
+        expired=expired,
         retried_ids=tuple(retried_ids),
     )
+    logger.info("bulk retry: %s", outcome.report())
+    return outcome
 
 
 def discard(

@@ -143,6 +143,11 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
         if failure.job_id is None and FailedJob.objects.filter(origin_task_id=failure.origin_task_id).exists():
             return record_failure(failure, now=now)
         raise
+    _log_recorded(job)
+    return job
+
+
+def _log_recorded(job: FailedJob) -> None:
     logger.info(
         "job %s (%s) recorded %s after %s attempts: %s%s",
         job.pk,
@@ -152,7 +157,6 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
         job.exception_class,
         f" ({job.status_reason})" if job.status_reason else "",
     )
-    return job
 
 
 def given_up_now(job: FailedJob | None) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.app import app_or_default
+from django.db import connection
 from django.utils.dateparse import parse_datetime
 
 from queueing.exceptions import UnknownQueue
@@ -103,8 +104,22 @@ def declared_queues() -> set[str]:
 
 def known_queues() -> list[str]:
     """Queues the Celery app declares plus those of recorded jobs."""
-    recorded = set(FailedJob.objects.order_by().values_list("queue", flat=True).distinct())
-    return sorted(declared_queues() | recorded)
+    return sorted(declared_queues() | recorded_queues())
+
+
+def recorded_queues() -> set[str]:
+    """The distinct queues of recorded jobs, without reading the whole table: a loose index scan of the
+    ``(queue, status)`` index, one probe per distinct queue (a ``DISTINCT`` reads every row: docs/benchmarks.md).
+    """
+    table = connection.ops.quote_name(FailedJob._meta.db_table)
+    sql = (
+        f"WITH RECURSIVE q(queue) AS (SELECT MIN(queue) FROM {table} UNION ALL "
+        f"SELECT (SELECT MIN(queue) FROM {table} WHERE queue > q.queue) FROM q WHERE q.queue IS NOT NULL) "
+        "SELECT queue FROM q WHERE queue IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return {row[0] for row in cursor.fetchall()}
 
 
 def validate_queue(name: str | None) -> None:

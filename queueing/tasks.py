@@ -370,3 +370,6 @@ def prune_failed_jobs() -> dict[str, int]:
 
     result = retention.prune(now=timezone.now(), max_jobs=get_settings().prune_max_jobs)
     return {state.status: state.count for state in result.states}
+
+
+from queueing import bulkops  # noqa: E402, F401  (registers queueing.run_bulk_retry in every worker)

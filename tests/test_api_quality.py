@@ -211,6 +211,7 @@ def test_every_operation_is_described_with_its_error_answers_metrics_included(ur
 
     # Every endpoint of ENDPOINTS is in the document, /metrics too, with its Prometheus text answer
     documented = {(method, re.sub(r"/groups/\d+/", "/groups/{group_id}/", path)) for method, path, _ in ENDPOINTS}
+    documented.add(("GET", "/api/queue/operations/{operation_id}"))  # a background bulk retry's progress
     assert documented == set(operations)
     metrics = operations[("GET", "/metrics")]
     assert any(kind.startswith("text/plain") for kind in metrics["responses"]["200"]["content"])

@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses", "retention", "spool"},
     {"status", "alerts"},
     {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "checks", "apps"}
-    | {"coverage"},
+    | {"coverage", "bulkops"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

@@ -124,3 +124,57 @@ def test_one_bulk_retry_costs_the_same_queries_for_5_jobs_as_for_50(
 
     # Then 50 jobs cost no more queries than 5
     assert counts[50] == counts[5], counts
+
+
+#: Most queries per batch of a bulk retry: the batch's ids (keyset), and the claim's transaction (BEGIN, the
+#: locked ids, the UPDATE, the rows, COMMIT). A bulk retry reads the table in id order, batch after batch.
+MAX_QUERIES_PER_BULK_BATCH = 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bulk_retry_costs_a_fixed_number_of_queries_per_batch_not_per_job(
+    broker: redis.Redis, make_failed_job: Any
+) -> None:
+    counts = {}
+    for n in (20, 40):
+        # Given n failed jobs (those of the previous round are being retried: left alone)
+        for _ in range(n):
+            make_failed_job(queue="q1")
+
+        # When an operator retries them in batches of 10
+        with CaptureQueriesContext(connection) as queries:
+            outcome = operations.retry_now(queue="q1", batch_size=10)
+
+        assert outcome.retried == n
+        counts[n] = len(queries)
+
+    # Then 2 more batches cost at most 2 batches' queries more
+    assert counts[40] - counts[20] <= 2 * MAX_QUERIES_PER_BULK_BATCH, counts
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dry_run_costs_three_queries_whatever_the_number_of_jobs(
+    make_failed_job: Any, django_assert_max_num_queries: Any
+) -> None:
+    for i in range(30):
+        make_failed_job(queue="q1", exception_class=f"app.Error{i % 3}")
+
+    # The queue check, the count, the grouped count
+    with django_assert_max_num_queries(3):
+        outcome = operations.retry_now(queue="q1", dry_run=True)
+
+    assert [group.jobs for group in outcome.groups] == [10, 10, 10]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_recorded_queues_are_read_with_one_query_one_probe_per_queue(make_failed_job: Any) -> None:
+    from queueing import registry
+
+    for queue in ("q2", "q1", "q2", "q3"):
+        make_failed_job(queue=queue)
+
+    with CaptureQueriesContext(connection) as queries:
+        found = registry.recorded_queues()
+
+    assert found == {"q1", "q2", "q3"}
+    assert len(queries) == 1 and "DISTINCT" not in queries[0]["sql"].upper()

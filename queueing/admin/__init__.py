@@ -11,12 +11,13 @@ matching the current filter ("Select all"). Manual retries do not count against 
 - ``filters``: the list's sidebar filters and its ChangeList;
 - ``groups``: failures grouped by cause with their circuit breakers, and the paused queues (``FailureGroupAdmin``,
   ``QueuePauseAdmin``): retry, discard, pause and resume a group;
+- ``operations``: background bulk retries (``queueing/bulkops.py``), read-only, with their progress;
 - ``beat``: the sweep's schedule in django-celery-beat's admin (the check interval, written by
   ``queueing.schedule.set_sweep_interval``).
 """
 
 from __future__ import annotations
 
-from queueing.admin import beat, console, groups
+from queueing.admin import beat, console, groups, operations
 
-__all__ = ["beat", "console", "groups"]
+__all__ = ["beat", "console", "groups", "operations"]

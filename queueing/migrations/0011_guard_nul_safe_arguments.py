@@ -6,25 +6,40 @@ import queueing.jsoncodec
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('queueing', '0010_guard_verb_permissions'),
+        ("queueing", "0010_guard_verb_permissions"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='failedjob',
-            name='args',
-            field=models.JSONField(blank=True, decoder=queueing.jsoncodec.NulSafeDecoder, default=list, encoder=queueing.jsoncodec.NulSafeEncoder),
+            model_name="failedjob",
+            name="args",
+            field=models.JSONField(
+                blank=True,
+                decoder=queueing.jsoncodec.NulSafeDecoder,
+                default=list,
+                encoder=queueing.jsoncodec.NulSafeEncoder,
+            ),
         ),
         migrations.AlterField(
-            model_name='failedjob',
-            name='kwargs',
-            field=models.JSONField(blank=True, decoder=queueing.jsoncodec.NulSafeDecoder, default=dict, encoder=queueing.jsoncodec.NulSafeEncoder),
+            model_name="failedjob",
+            name="kwargs",
+            field=models.JSONField(
+                blank=True,
+                decoder=queueing.jsoncodec.NulSafeDecoder,
+                default=dict,
+                encoder=queueing.jsoncodec.NulSafeEncoder,
+            ),
         ),
         migrations.AlterField(
-            model_name='failedjob',
-            name='options',
-            field=models.JSONField(blank=True, decoder=queueing.jsoncodec.NulSafeDecoder, default=dict, encoder=queueing.jsoncodec.NulSafeEncoder, help_text='The rest of the call, as JSON (workflow, ids, expiry, limits, routing, headers): sent again with it (queueing/workflow.py).'),
+            model_name="failedjob",
+            name="options",
+            field=models.JSONField(
+                blank=True,
+                decoder=queueing.jsoncodec.NulSafeDecoder,
+                default=dict,
+                encoder=queueing.jsoncodec.NulSafeEncoder,
+                help_text="The rest of the call, as JSON (workflow, ids, expiry, limits, routing, headers): sent again with it (queueing/workflow.py).",
+            ),
         ),
     ]

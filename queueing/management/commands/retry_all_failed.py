@@ -1,14 +1,25 @@
-"""python manage.py retry_all_failed [--queue NAME] [--group ID] [--dry-run]"""
+"""python manage.py retry_all_failed [--queue NAME] [--group ID] [--task NAME] [--exception CLASS] [--dry-run]
+[--rate N]"""
 
 from __future__ import annotations
 
 import getpass
+import sys
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from queueing import operations, pauses
 from queueing.exceptions import UnknownQueue
+
+REASONS = {
+    "unknownTask": "their task is not registered in this project (marked dead with the reason)",
+    "unsendable": "their stored call no longer fits their task (now dead: see the status reason)",
+    "refused": "the broker refused them (the run stopped there; run it again)",
+    "expired": "their call's own expiry had passed (now dead)",
+    "leftAlone": "they changed state meanwhile",
+}
 
 
 class Command(BaseCommand):
@@ -19,27 +30,69 @@ class Command(BaseCommand):
         parser.add_argument(
             "--group", type=int, help="only this failure group (its id: check_queue, GET /api/queue/groups, the admin)"
         )
-        parser.add_argument("--dry-run", action="store_true", help="count what would be sent; send nothing")
+        parser.add_argument("--task", help="only this task (its full name)")
+        parser.add_argument("--exception", help="only this error class (its full name)")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="count what would be sent, per task and error; send nothing"
+        )
+        parser.add_argument("--rate", type=float, help="at most this many jobs sent per second")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar (one is shown on a terminal)")
 
-    def handle(self, *args: Any, queue: str | None, group: int | None, dry_run: bool, **options: Any) -> None:
+    def handle(
+        self,
+        *args: Any,
+        queue: str | None,
+        group: int | None,
+        task: str | None,
+        exception: str | None,
+        dry_run: bool,
+        rate: float | None,
+        no_progress: bool,
+        **options: Any,
+    ) -> None:
+        selection = operations.Selection(queue=queue, group=group, task_name=task, exception_class=exception)
+        show_progress = not no_progress and not dry_run and self.stdout.isatty()
+        started = time.monotonic()
+
+        def progress(sent: int, total: int) -> None:
+            width = 30
+            done = int(width * sent / total) if total else width
+            rate_now = sent / max(1e-9, time.monotonic() - started)
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {sent}/{total} sent ({rate_now:.0f}/s)")
+            sys.stderr.flush()
+
         try:
             if group is not None:
                 pauses.get_group(group)
-            outcome = operations.retry_now(queue=queue, group=group, dry_run=dry_run, actor=actor())
+            outcome = operations.retry_now(
+                selection=selection,
+                dry_run=dry_run,
+                rate_per_second=rate,
+                on_progress=progress if show_progress else None,
+                actor=actor(),
+            )
         except (UnknownQueue, pauses.UnknownGroup) as exc:
             raise CommandError(str(exc)) from exc
-        where = (
-            " and ".join(
-                [*([f"queue {queue!r}"] if queue else []), *([f"failure group {group}"] if group is not None else [])]
-            )
-            or "all queues"
+        if show_progress:
+            sys.stderr.write("\n")
+        where = ", ".join(
+            f"{name} {value!r}"
+            for name, value in (("queue", queue), ("failure group", group), ("task", task), ("error", exception))
+            if value is not None
         )
+        where = where or "all queues"
         if dry_run:
             self.stdout.write(f"{where}: found {outcome.total} failed or dead job(s); dry run, none sent")
-        else:
-            self.stdout.write(
-                self.style.SUCCESS(f"{where}: found {outcome.total} failed or dead job(s), sent {outcome.retried}")
-            )
+            for found in outcome.groups:
+                would = "would be sent" if found.sendable else "would NOT be sent: unknown task"
+                self.stdout.write(f"  {found.jobs:>7}  {found.task_name}  {found.exception_class}  ({would})")
+            return
+        self.stdout.write(
+            self.style.SUCCESS(f"{where}: found {outcome.total} failed or dead job(s), sent {outcome.retried}")
+        )
+        for key, count in outcome.report()["notSent"].items():
+            if count:
+                self.stdout.write(self.style.WARNING(f"  {count} not sent because {REASONS[key]}"))
 
 
 def actor() -> str:
