@@ -139,11 +139,11 @@ def test_a_bulk_retry_costs_a_fixed_number_of_queries_per_batch_not_per_job(
     for n in (20, 40):
         # Given n failed jobs (those of the previous round are being retried: left alone)
         for _ in range(n):
-            make_failed_job(queue="q1")
+            make_failed_job(queue="default")
 
         # When an operator retries them in batches of 10
         with CaptureQueriesContext(connection) as queries:
-            outcome = operations.retry_now(queue="q1", batch_size=10)
+            outcome = operations.retry_now(queue="default", batch_size=10)
 
         assert outcome.retried == n
         counts[n] = len(queries)
@@ -157,11 +157,11 @@ def test_a_dry_run_costs_three_queries_whatever_the_number_of_jobs(
     make_failed_job: Any, django_assert_max_num_queries: Any
 ) -> None:
     for i in range(30):
-        make_failed_job(queue="q1", exception_class=f"app.Error{i % 3}")
+        make_failed_job(queue="default", exception_class=f"app.Error{i % 3}")
 
     # The queue check, the count, the grouped count
     with django_assert_max_num_queries(3):
-        outcome = operations.retry_now(queue="q1", dry_run=True)
+        outcome = operations.retry_now(queue="default", dry_run=True)
 
     assert [group.jobs for group in outcome.groups] == [10, 10, 10]
 
