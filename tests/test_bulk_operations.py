@@ -85,7 +85,9 @@ def test_a_throttled_bulk_retry_sends_no_faster_than_its_rate(broker: redis.Redi
     progress: list[tuple[int, int]] = []
 
     started = time.monotonic()
-    outcome = operations.retry_now(queue="default", rate_per_second=10, on_progress=lambda s, t: progress.append((s, t)))
+    outcome = operations.retry_now(
+        queue="default", rate_per_second=10, on_progress=lambda s, t: progress.append((s, t))
+    )
 
     assert outcome.retried == 6
     assert time.monotonic() - started >= 0.5  # 6 jobs at 10 per second: the last batch waits
