@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.signals import beat_init, worker_init
+from django.conf import settings
 from django.core import checks
 
 from queueing import backoff
@@ -210,8 +211,12 @@ def check_safe_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.C
 
 
 def refuse_to_start_if_unsafe(what: str) -> None:
-    """Log each problem and exit (status 1): a Celery signal handler's exception would only be logged."""
-    problems = safe_settings_problems()
+    """Log each problem and exit (status 1): a Celery signal handler's exception would only be logged.
+
+    A problem whose id is in ``SILENCED_SYSTEM_CHECKS`` is accepted knowingly, as Django's own checks are.
+    """
+    silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", ()))
+    problems = [problem for problem in safe_settings_problems() if problem.id not in silenced]
     if not problems:
         return
     for problem in problems:

@@ -35,7 +35,7 @@ def waiting(broker: redis.Redis, queue: str) -> int:
     return int(broker.llen(queue))
 
 
-def make_due(make_failed_job: Callable[..., FailedJob], n: int, *, queue: str = "q1") -> list[FailedJob]:
+def make_due(make_failed_job: Callable[..., FailedJob], n: int, *, queue: str = "default") -> list[FailedJob]:
     return [make_failed_job(queue=queue) for _ in range(n)]
 
 
@@ -66,7 +66,7 @@ def test_one_sweep_sends_batch_after_batch_until_nothing_is_due(
 
     # Then it sent all 25, in 3 batches, and stopped because nothing was left
     assert (result.claimed, result.sent, result.batches, result.stopped) == (25, 25, 3, Stop.NOTHING_DUE)
-    assert waiting(broker, "q1") == 25
+    assert waiting(broker, "default") == 25
     assert not FailedJob.objects.filter(status=Status.FAILED).exists()
 
 
@@ -113,15 +113,16 @@ def test_a_sweep_stops_at_the_waves_size(broker: redis.Redis, make_failed_job: A
 
 
 def test_a_claim_limit_narrows_each_claim(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
-    # Given due jobs in two queues, and a limit (as the breaker's groups give) that lets 3 of q2 go, none of q1
-    make_due(make_failed_job, 5, queue="q1")
-    make_due(make_failed_job, 5, queue="q2")
+    # Given due jobs in two queues, and a limit (as the breaker's groups give) that lets 3 of whatsapp-send go,
+    # none of default
+    make_due(make_failed_job, 5, queue="default")
+    make_due(make_failed_job, 5, queue="whatsapp-send")
 
     class OnlyThreeOfQ2:
         left = 3
 
         def allow(self, candidates: Any, *, limit: int) -> tuple[Any, int]:
-            return candidates.filter(queue="q2"), min(limit, self.left)
+            return candidates.filter(queue="whatsapp-send"), min(limit, self.left)
 
         def count(self, jobs: Any) -> None:
             self.left -= len(jobs)
@@ -131,7 +132,7 @@ def test_a_claim_limit_narrows_each_claim(broker: redis.Redis, make_failed_job: 
 
     # Then exactly those were sent, in batches no larger than the limit allowed
     assert (result.sent, result.batches, result.stopped) == (3, 2, Stop.LIMIT)
-    assert (waiting(broker, "q1"), waiting(broker, "q2")) == (0, 3)
+    assert (waiting(broker, "default"), waiting(broker, "whatsapp-send")) == (0, 3)
 
 
 def test_a_sweep_stops_when_the_broker_refuses_and_gives_the_retries_back(
@@ -178,11 +179,11 @@ def test_a_sweep_costs_a_fixed_number_of_queries_per_batch_not_per_job(
 def test_a_throttled_queue_is_sent_at_its_rate_and_others_at_full_speed(
     broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given 100 due jobs in q1, throttled to 20 per second, and 30 in q2, not throttled
-    configure(THROTTLE=["q1=20"])
-    make_due(make_failed_job, 100, queue="q1")
-    make_due(make_failed_job, 30, queue="q2")
-    sent_at: dict[str, list[float]] = {"q1": [], "q2": []}
+    # Given 100 due jobs in default, throttled to 20 per second, and 30 in whatsapp-send, not throttled
+    configure(THROTTLE=["default=20"])
+    make_due(make_failed_job, 100, queue="default")
+    make_due(make_failed_job, 30, queue="whatsapp-send")
+    sent_at: dict[str, list[float]] = {"default": [], "whatsapp-send": []}
     real_wait = Pacer.wait
 
     def wait_and_note(self: Pacer, queue: str) -> None:
@@ -196,18 +197,18 @@ def test_a_throttled_queue_is_sent_at_its_rate_and_others_at_full_speed(
     result = claims.sweep(now=now, batch_size=50, budget_seconds=1.0)
     took = time.monotonic() - started
 
-    # Then q2 went out whole; q1 got only what 20 per second sends in 1 s, spaced 50 ms apart
+    # Then whatsapp-send went out whole; default got only what 20 per second sends in 1 s, spaced 50 ms apart
     # (up to 20: the budget counts from the sweep's start, and its first queries take a little of it)
-    assert waiting(broker, "q2") == 30
-    assert 15 <= waiting(broker, "q1") <= 20
-    assert result.sent == 30 + waiting(broker, "q1")
+    assert waiting(broker, "whatsapp-send") == 30
+    assert 15 <= waiting(broker, "default") <= 20
+    assert result.sent == 30 + waiting(broker, "default")
     assert result.stopped in (Stop.THROTTLED, Stop.BUDGET)
-    # (the n-th send of q1 comes no sooner than n * 50 ms after the first: a late one does not make the next
+    # (the n-th send of default comes no sooner than n * 50 ms after the first: a late one does not make the next
     # one late too, so one gap can be shorter, never the pace)
-    first = sent_at["q1"][0]
-    assert all(at - first >= n * 0.05 - 0.002 for n, at in enumerate(sent_at["q1"])), sent_at["q1"]
+    first = sent_at["default"][0]
+    assert all(at - first >= n * 0.05 - 0.002 for n, at in enumerate(sent_at["default"])), sent_at["default"]
     assert 0.9 <= took < 2.0
-    assert FailedJob.objects.filter(queue="q1", status=Status.FAILED).count() == 100 - waiting(broker, "q1")
+    assert FailedJob.objects.filter(queue="default", status=Status.FAILED).count() == 100 - waiting(broker, "default")
 
 
 def test_every_queue_can_be_throttled_at_once(
@@ -217,13 +218,13 @@ def test_every_queue_can_be_throttled_at_once(
     clock = FakeClock()
     monkeypatch.setattr(claims, "_monotonic", clock)
     monkeypatch.setattr(claims, "_sleep", clock.sleep)
-    make_due(make_failed_job, 20, queue="q1")
-    make_due(make_failed_job, 20, queue="q2")
+    make_due(make_failed_job, 20, queue="default")
+    make_due(make_failed_job, 20, queue="whatsapp-send")
 
     result = claims.sweep(now=now, batch_size=100, budget_seconds=2.0)
 
     # 5 per second for 2 s, per queue, the two queues side by side (not one after the other)
-    assert (waiting(broker, "q1"), waiting(broker, "q2")) == (10, 10)
+    assert (waiting(broker, "default"), waiting(broker, "whatsapp-send")) == (10, 10)
     assert result.stopped in (Stop.THROTTLED, Stop.BUDGET)
     assert clock.now - 1000.0 < 2.0
 
@@ -231,14 +232,14 @@ def test_every_queue_can_be_throttled_at_once(
 def test_the_waves_size_holds_across_the_claims_of_throttled_and_other_queues(
     broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
 ) -> None:
-    configure(THROTTLE=["q1=10000"])
-    make_due(make_failed_job, 10, queue="q1")
-    make_due(make_failed_job, 10, queue="q2")
+    configure(THROTTLE=["default=10000"])
+    make_due(make_failed_job, 10, queue="default")
+    make_due(make_failed_job, 10, queue="whatsapp-send")
 
     result = claims.sweep(now=now, batch_size=4, max_jobs=6)
 
     assert (result.sent, result.stopped) == (6, Stop.LIMIT)
-    assert waiting(broker, "q1") + waiting(broker, "q2") == 6
+    assert waiting(broker, "default") + waiting(broker, "whatsapp-send") == 6
 
 
 def test_a_throttle_that_is_not_queue_equals_rate_is_refused_at_start(configure: Any) -> None:
@@ -257,46 +258,47 @@ def test_a_throttle_that_is_not_queue_equals_rate_is_refused_at_start(configure:
 def test_re_sent_jobs_of_a_retry_queue_go_to_its_retry_queue(
     broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
 ) -> None:
-    configure(RETRY_QUEUES=["q1"])
-    [job] = make_due(make_failed_job, 1, queue="q1")
-    make_due(make_failed_job, 1, queue="q2")
+    configure(RETRY_QUEUES=["default"])
+    [job] = make_due(make_failed_job, 1, queue="default")
+    make_due(make_failed_job, 1, queue="whatsapp-send")
 
     assert claims.sweep(now=now).sent == 2
 
-    assert (waiting(broker, "q1"), waiting(broker, "q1.retry"), waiting(broker, "q2")) == (0, 1, 1)
-    [raw] = broker.lrange("q1.retry", 0, -1)
+    assert (waiting(broker, "default"), waiting(broker, "default.retry"), waiting(broker, "whatsapp-send")) == (0, 1, 1)
+    [raw] = broker.lrange("default.retry", 0, -1)
     assert json.loads(raw)["headers"]["queueing_job_id"] == job.pk
     job.refresh_from_db()
-    assert job.queue == "q1"  # the row keeps its queue; only the clone travels by the retry queue
+    assert job.queue == "default"  # the row keeps its queue; only the clone travels by the retry queue
 
 
 @pytest.mark.slow
 def test_a_worker_consuming_a_queue_consumes_its_retry_queue_too(
     subprocess_env: dict[str, str], broker: redis.Redis, make_failed_job: Any, configure: Any, tmp_path: Path
 ) -> None:
-    # Given a worker started with -Q drainq only (it knows nothing of RETRY_QUEUES)
+    # Given a worker started with -Q whatsapp-send only (it knows nothing of RETRY_QUEUES)
     log = tmp_path / "worker.log"
-    command = [sys.executable, "-m", "celery", "-A", "project", "worker", "-P", "solo", "-Q", "drainq", "-l", "info"]
+    command = [sys.executable, "-m", "celery", "-A", "project", "worker", "-P", "solo", "-Q", "whatsapp-send"]
+    command += ["-l", "info"]
     command += ["--include", "tests.tasks", "-n", f"drain-{uuid.uuid4().hex[:8]}@%h", "--without-gossip"]
     with log.open("w") as out:
         worker = subprocess.Popen(command, env=subprocess_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         wait_for(lambda: "auto-retry started" in log.read_text(), timeout=60, what="the worker to start")
-        assert "drainq.retry" in log.read_text()  # the banner lists the queues it consumes
-        # When a sweep re-sends a job of drainq by its retry queue
-        configure(RETRY_QUEUES=["drainq"])
-        job = make_failed_job(queue="drainq", task_name="tests.tasks.succeed", args=[], kwargs={})
+        assert "whatsapp-send.retry" in log.read_text()  # the banner lists the queues it consumes
+        # When a sweep re-sends a job of whatsapp-send by its retry queue
+        configure(RETRY_QUEUES=["whatsapp-send"])
+        job = make_failed_job(queue="whatsapp-send", task_name="tests.tasks.succeed", args=[], kwargs={})
         assert claims.sweep().sent == 1
 
         # Then that worker runs it and the job is resolved
         wait_for(
             lambda: FailedJob.objects.filter(pk=job.pk, status=Status.RESOLVED).exists(),
             timeout=30,
-            what="the job re-sent by drainq.retry to be resolved",
+            what="the job re-sent by whatsapp-send.retry to be resolved",
         )
     finally:
         stop(worker)
-    assert waiting(broker, "drainq.retry") == 0
+    assert waiting(broker, "whatsapp-send.retry") == 0
 
 
 def test_a_retry_queue_gets_no_retry_queue_of_its_own() -> None:
@@ -313,7 +315,7 @@ def test_every_queue_can_have_its_retry_queue(configure: Any) -> None:
 
 def test_jobs_not_yet_due_stay_out_of_every_batch(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
     make_due(make_failed_job, 12)
-    make_failed_job(queue="q1", next_retry_at=now + timedelta(minutes=1))
+    make_failed_job(queue="default", next_retry_at=now + timedelta(minutes=1))
 
     result = claims.sweep(now=now, batch_size=5)
 

@@ -107,12 +107,16 @@ def test_f16_two_beats_sending_the_sweep_send_each_due_job_once(
         wait_for(
             lambda: all(row["status"] == "resolved" for row in database.jobs()), timeout=90, what="every job resolved"
         )
-        time.sleep(2)  # a few more sweeps from both Beats
-        sent_by = [(tmp_path / f"beat-{n}.log").read_text().count("Sending due task") for n in range(2)]
+
+        def sent_by() -> list[int]:
+            return [(tmp_path / f"beat-{n}.log").read_text().count("Sending due task") for n in range(2)]
+
+        # (each Beat has sent the sweep, however long the second took to start)
+        wait_for(lambda: all(count > 1 for count in sent_by()), timeout=60, what="both Beats sending the sweep")
     finally:
         for beat in beats:
             stop(beat)
-    assert all(count > 0 for count in sent_by), f"both Beats sent the sweep: {sent_by}"
+    assert all(count > 0 for count in sent_by()), f"both Beats sent the sweep: {sent_by()}"
     assert [_starts(fault_env, key) for key in keys] == [1] * 20
     assert {row["retry_count"] for row in database.jobs()} == {1}
     assert check_invariants(database, origins=keys) == dict.fromkeys(keys, "resolved")
