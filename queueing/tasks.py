@@ -20,7 +20,7 @@ from celery.signals import task_failure
 from django.db import DatabaseError
 from django.utils import timezone
 
-from queueing import backoff, claims, errors, policy, recording, signals, spool, workflow
+from queueing import backoff, errors, policy, recording, signals, spool, sweep, workflow
 from queueing.conf import get_settings
 from queueing.registry import HEADER_CANARY, HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, message_header
 
@@ -344,7 +344,7 @@ def sweep_failed_jobs() -> dict[str, int]:
         spool.replay()  # this host's spool, if the database and the broker were down a moment ago
     except OSError:
         logger.exception("spool: could not replay %s", spool.spool_dir())
-    result = claims.sweep()
+    result = sweep.sweep()
     status.record_sweep_duration(time.monotonic() - started)
     alerts.evaluate_safely()  # fires on a threshold crossing; never raises
     return {

@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
         "retry_queues",
     },
     {"lifecycle"},
-    {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses", "retention", "spool"},
+    {"operations", "claims", "sweep", "recording", "schedule", "groups", "gate", "pauses", "retention", "spool"},
     {"status", "alerts"},
     {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "checks", "apps"}
     | {"coverage", "bulkops"},
