@@ -2,7 +2,7 @@
 
 Each function that claims rows and publishes does so in two steps: claim in one short transaction (a
 conditional ``UPDATE``; ``SELECT … FOR UPDATE SKIP LOCKED`` where the database has it), then publish after
-the commit. A publish that is lost anyway is recovered by the lease (``models.py``, step 6).
+the commit. A publish that is lost anyway is recovered by the lease (``models/__init__.py``, step 6).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The lifecycle verbs: every state change of a ``FailedJob``, each written once.
 
-``models.py`` tells the story; each verb here names its step. A row verb takes one job (the caller loads it,
+``models/__init__.py`` tells the story; each verb here names its step. A row verb takes one job (the caller loads it,
 locked or fenced by its claim token), changes it, and saves only the fields it changed; ``claim`` is one
 conditional ``UPDATE`` for many rows. A verb asked for a move the story does not allow raises
 ``InvalidTransition``. Where a failing job goes, and why, is ``queueing/policy.py``'s decision.
@@ -58,7 +58,7 @@ def _clear_claim(job: FailedJob) -> list[str]:
 def _given_up(job: FailedJob) -> None:
     """The job ends ``dead`` or ``discarded`` with no call of it running: tell its workflow, after the commit.
 
-    (``models.py``, last paragraph.) A clone that fails for the last time re-raises instead, so ``fail``
+    (``models/__init__.py``, last paragraph.) A clone that fails for the last time re-raises instead, so ``fail``
     never calls this.
     """
     from queueing import workflow

@@ -1,6 +1,6 @@
 """Recording what workers report: a call that failed for good, a clone that starts, a clone that succeeds.
 
-``models.py`` steps 2, 4 and 5.
+``models/__init__.py`` steps 2, 4 and 5.
 """
 
 from __future__ import annotations

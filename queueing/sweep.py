@@ -3,7 +3,7 @@
 Each batch is claimed (``claims.claim`` through ``gate.claim_due``) and published (``claims.publish``) before
 the next, until nothing is due, a limit (``ClaimLimit``, ``MaxJobs``) allows no more, the broker refuses a
 publish, or the time budget (``budget``) is spent. A publish that is lost anyway is recovered by the lease
-(``models.py``, step 6; ``_recover_expired_leases``).
+(``models/__init__.py``, step 6; ``_recover_expired_leases``).
 """
 
 from __future__ import annotations

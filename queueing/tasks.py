@@ -112,7 +112,7 @@ class RetryableTask(Task):
                 countdown = min(error.delay_seconds, longest)  # the jitter never takes it past BACKOFF_MAX
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
-    # --- the clone's side of the claim (models.py, steps 4 and 5) -------------------------------------
+    # --- the clone's side of the claim (models/__init__.py, steps 4 and 5) -------------------------------------
 
     def _claim_headers(self) -> tuple[int, str] | None:
         return claim_headers(self.request)
