@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
         "registry",
         "autoretry",
         "conf",
+        "declaration",
         "http",
         "tokens",
         "permissions",
