@@ -4,12 +4,12 @@ Precedence, lowest first: the defaults below, ``settings.QUEUEING["KEY"]``, the 
 ``QUEUEING_KEY``. ``start_auto_retry()`` (``queueing/retry.py``) can further change ``MAX_RETRIES``,
 ``RETRY_DELAY`` and ``CHECK_INTERVAL`` while the system runs; those changes live in the database.
 
-Each setting is declared once, as one field of ``QueueingSettings`` made by ``setting()`` (``declaration.py``):
-its attribute, type, default, key, unit, smallest allowed value and help. The key list (``SETTINGS``), the parsing of settings and
-environment, the table at the end of this docstring and the check of the README's configuration table
+Each setting is declared once, as one field of ``QueueingSettings`` made by ``setting()`` (``declaration.py``): its
+attribute, type, default, key, unit, smallest allowed value and help. The key list (``SETTINGS``), the parsing of
+settings and environment, the table at the end of this docstring and the check of the README's configuration table
 (``tests/test_conf.py``) are all derived from those fields. The queue status (``queueing/status/``: the API,
-``check_queue`` and ``/metrics``) reads the ``STATUS_*`` keys, the alerts (``queueing/alerts.py``) the
-``ALERT_*`` ones.
+``check_queue`` and ``/metrics``) reads the ``STATUS_*`` keys, the alerts (``queueing/alerts.py``) the ``ALERT_*``
+ones.
 """
 
 from __future__ import annotations
