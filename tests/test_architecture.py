@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
         "errors",
         "retry_queues",
     },
-    {"lifecycle"},
+    {"lifecycle", "runners", "operator_verbs"},
     {"operations", "claims", "sweep", "recording", "schedule", "groups", "gate", "pauses", "retention", "spool"},
     {"status", "alerts"},
     {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "checks", "apps"}

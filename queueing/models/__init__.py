@@ -46,7 +46,7 @@ policy (``retry_policy=``, the queue's default, the kind an exception class decl
    clone does nothing. A second copy of the same message (same claim, same retry number) is refused while
    the process that marked it is alive, or on another host (that one's lease takes it back, step 6); the
    clone's next immediate retry, or a copy whose marking process on this host died, takes the mark over.
-   The clone has its own immediate retries (step 1). [``start_clone``, ``held_by_another_copy``]
+   The clone has its own immediate retries (step 1). [``start_clone``, ``runners.held_by_another_copy``]
 5. The clone succeeds: ``resolved``, ``resolved_at``. It fails for good: the same row (never a second one)
    goes back to ``failed`` with a new ``next_retry_at``, or to ``dead`` (``dead_at``) once
    ``retry_count >= MAX_RETRIES`` or when it had been ``dead`` before the operator's retry. A clone the
