@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"lifecycle", "runners", "operator_verbs"},
     {"operations", "claims", "sweep", "recording", "schedule", "groups", "gate", "pauses", "retention", "spool"},
     {"status", "alerts"},
-    {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "checks", "apps"}
+    {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "periodic", "signals", "checks", "apps"}
     | {"coverage", "bulkops"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
