@@ -8,7 +8,7 @@ For each size N: writes N due ``failed`` rows (bulk insert, not timed), then tim
 
 - **plain publish**: the same N calls (task, args, queue, task id, headers) sent with ``apply_async`` over one
   producer, in one loop: the broker's publish rate from this process, the ceiling of any re-send;
-- **sweep**: ``claims.sweep()`` called until nothing is due (each call claims and publishes batch after batch of
+- **sweep**: ``sweep.sweep()`` called until nothing is due (each call claims and publishes batch after batch of
   ``BATCH_SIZE`` within its time budget), and how many calls that took.
 
 Nothing consumes the queue (no worker): both measure the sending side only. Prints jobs/second and the ratio.
@@ -49,8 +49,8 @@ def main() -> None:
     from django.core.management import call_command
 
     from queueing.autoretry import current_policy
-    from queueing.claims import budget
     from queueing.conf import get_settings
+    from queueing.sweep import budget
 
     call_command("migrate", verbosity=0)
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
@@ -135,17 +135,17 @@ def _plain(n: int) -> float:
 
 
 def _sweep(n: int, *, batch: int, budget_seconds: float) -> tuple[float, int]:
-    """Time ``claims.sweep()`` calls until nothing is due. Returns (jobs sent per second, sweep calls)."""
-    from queueing import claims
+    """Time ``sweep.sweep()`` calls until nothing is due. Returns (jobs sent per second, sweep calls)."""
+    from queueing import sweep
 
     _backlog(n)
     sent = calls = 0
     started = time.perf_counter()
     while True:
-        result = claims.sweep(batch_size=batch, budget_seconds=budget_seconds)
+        result = sweep.sweep(batch_size=batch, budget_seconds=budget_seconds)
         calls += 1
         sent += result.sent
-        if result.stopped is not claims.Stop.BUDGET:
+        if result.stopped is not sweep.Stop.BUDGET:
             break
     elapsed = time.perf_counter() - started
     if sent != n:

@@ -194,7 +194,7 @@ def bulk_retry(*, jobs: int, rounds: int) -> None:
 def sweep_scaling(*, due: int, small: int, large: int, rounds: int, sizes: list[int]) -> None:
     """Row 4: a sweep of ``due`` due jobs in a table of ``large`` rows against one of ``small`` rows.
     Also the plot's series: sweep seconds against table size."""
-    from queueing import claims
+    from queueing import sweep
 
     client = broker()
     by_size: dict[int, list[float]] = {}
@@ -209,7 +209,7 @@ def sweep_scaling(*, due: int, small: int, large: int, rounds: int, sizes: list[
             FailedJob.objects.filter(queue=HOLD).delete()
             fill(due, status="failed", start=size)
             analyze()
-            by_size[size].append(timed(lambda: claims.sweep(batch_size=due)))
+            by_size[size].append(timed(lambda: sweep.sweep(batch_size=due)))
             assert client.llen(HOLD) == due, client.llen(HOLD)
     client.delete(HOLD)
     ratios = [big / little for big, little in zip(by_size[large], by_size[small], strict=True)]
@@ -310,12 +310,12 @@ def sweep_child(spec: str) -> None:
     """Sweep until nothing is claimed, from the given start time; prints the time it finished."""
     from django.db import connection
 
-    from queueing import claims
+    from queueing import sweep
 
     batch_size, start_at = spec.split(",")
     connection.ensure_connection()
     time.sleep(max(0.0, float(start_at) - time.time()))
-    while claims.sweep(batch_size=int(batch_size)).claimed:
+    while sweep.sweep(batch_size=int(batch_size)).claimed:
         pass
     print(time.time())
 

@@ -1,7 +1,7 @@
 """The project's Celery app.
 
 ``RetryableTask`` is the default task class, so every task of the project gets immediate retries with
-backoff and, when those run out, a ``FailedJob`` row (see ``queueing/models.py`` for the lifecycle).
+backoff and, when those run out, a ``FailedJob`` row (see ``queueing/models/__init__.py`` for the lifecycle).
 """
 
 from __future__ import annotations

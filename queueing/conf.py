@@ -4,41 +4,27 @@ Precedence, lowest first: the defaults below, ``settings.QUEUEING["KEY"]``, the 
 ``QUEUEING_KEY``. ``start_auto_retry()`` (``queueing/retry.py``) can further change ``MAX_RETRIES``,
 ``RETRY_DELAY`` and ``CHECK_INTERVAL`` while the system runs; those changes live in the database.
 
-Each setting is declared once, as one field of ``QueueingSettings`` made by ``setting()``: its attribute, type,
-default, key, unit, smallest allowed value and help. The key list (``SETTINGS``), the parsing of settings and
-environment, the table at the end of this docstring and the check of the README's configuration table
+Each setting is declared once, as one field of ``QueueingSettings`` made by ``setting()`` (``declaration.py``): its
+attribute, type, default, key, unit, smallest allowed value and help. The key list (``SETTINGS``), the parsing of
+settings and environment, the table at the end of this docstring and the check of the README's configuration table
 (``tests/test_conf.py``) are all derived from those fields. The queue status (``queueing/status/``: the API,
-``check_queue`` and ``/metrics``) reads the ``STATUS_*`` keys, the alerts (``queueing/alerts.py``) the
-``ALERT_*`` ones.
+``check_queue`` and ``/metrics``) reads the ``STATUS_*`` keys, the alerts (``queueing/alerts.py``) the ``ALERT_*``
+ones.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
-import typing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-ENV_PREFIX = "QUEUEING_"
-
-T = TypeVar("T")
-
-
-def setting(default: T, *, key: str, unit: str, help: str, minimum: float | None = None, secret: bool = False) -> T:
-    """Declare one setting: a dataclass field of ``QueueingSettings`` carrying its key, unit and help.
-
-    ``unit`` is what one of it counts ("seconds", "jobs", ...; "" for a switch, a text or a list); ``minimum``
-    the smallest value accepted; ``secret`` keeps the value out of the ``repr``.
-    """
-    metadata = {"key": key, "unit": unit, "help": help, "minimum": minimum}
-    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
+from queueing.declaration import Setting, declared_in, parse, setting, table
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,85 +305,9 @@ class QueueingSettings:
             raise ImproperlyConfigured(f"QUEUEING THROTTLE: {exc}") from None
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One declared setting, as read from its ``QueueingSettings`` field."""
-
-    key: str
-    field: str
-    kind: type  # int, float, bool, str or tuple (of strings)
-    default: Any
-    unit: str
-    help: str
-    minimum: float | None
-
-    @property
-    def env_var(self) -> str:
-        return ENV_PREFIX + self.key
-
-    @property
-    def default_text(self) -> str:
-        """The default as the README and the table below write it: ``300``, ``0.5``, ``false``, ``empty``."""
-        value = self.default
-        if isinstance(value, bool):
-            return str(value).lower()
-        if isinstance(value, float):
-            return f"{value:g}"
-        if isinstance(value, tuple):
-            return ",".join(value) or "empty"
-        return str(value) if value != "" else "empty"
-
-
-def _declared() -> tuple[Setting, ...]:
-    hints = typing.get_type_hints(QueueingSettings)
-    declared = []
-    for field in dataclasses.fields(QueueingSettings):
-        hint = hints[field.name]
-        kind = typing.get_origin(hint) or hint
-        if kind not in (int, float, bool, str, tuple):
-            raise TypeError(f"QueueingSettings.{field.name}: a setting is an int, float, bool, str or tuple[str, ...]")
-        meta = field.metadata
-        declared.append(
-            Setting(meta["key"], field.name, kind, field.default, meta["unit"], meta["help"], meta["minimum"])
-        )
-    return tuple(declared)
-
-
 #: Every setting, in declaration order; the only key list.
-SETTINGS: tuple[Setting, ...] = _declared()
+SETTINGS: tuple[Setting, ...] = declared_in(QueueingSettings)
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _parse(where: str, raw: Any, declared: Setting) -> Any:
-    kind, minimum = declared.kind, declared.minimum
-    if kind is bool:
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in _TRUE | _FALSE:
-            return text in _TRUE
-        raise ImproperlyConfigured(f"{where} must be true or false, got {raw!r}")
-    if kind is str:
-        return str(raw)
-    if kind is tuple:
-        # A list of names: a list or tuple in settings, comma-separated text in the environment.
-        items = raw.split(",") if isinstance(raw, str) else raw
-        if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
-            raise ImproperlyConfigured(f"{where} must be a list of strings (comma-separated in the environment)")
-        return tuple(item.strip() for item in items if item.strip())
-    try:
-        value = kind(raw)
-        if kind is int and isinstance(raw, float) and raw != value:
-            raise ValueError
-    except (TypeError, ValueError):
-        unit = "a whole number" if kind is int else f"a number of {declared.unit or 'units'}"
-        raise ImproperlyConfigured(f"{where} must be {unit}, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise ImproperlyConfigured(f"{where} must be at least {minimum}, got {raw!r}")
-    return value
 
 
 @functools.cache
@@ -412,9 +322,9 @@ def get_settings() -> QueueingSettings:
     values: dict[str, Any] = {}
     for declared in SETTINGS:
         if (env_value := os.environ.get(declared.env_var)) is not None:
-            values[declared.field] = _parse(f"environment variable {declared.env_var}", env_value, declared)
+            values[declared.field] = parse(f"environment variable {declared.env_var}", env_value, declared)
         elif declared.key in configured:
-            values[declared.field] = _parse(f'setting QUEUEING["{declared.key}"]', configured[declared.key], declared)
+            values[declared.field] = parse(f'setting QUEUEING["{declared.key}"]', configured[declared.key], declared)
     return QueueingSettings(**values)
 
 
@@ -424,22 +334,5 @@ def _forget_settings(*, setting: str, **_: Any) -> None:
         get_settings.cache_clear()
 
 
-def _table() -> str:
-    """The settings as a reStructuredText table, for this module's docstring."""
-    rows = [(s.key, s.default_text, s.unit or "-", s.help) for s in SETTINGS]
-    widths = [max(len(row[i]) for row in [("key", "default", "unit", "meaning"), *rows]) for i in range(4)]
-    rule = "  ".join("=" * width for width in widths)
-    lines = [
-        "",
-        "",
-        rule,
-        "  ".join(h.ljust(w) for h, w in zip(("key", "default", "unit", "meaning"), widths, strict=True)),
-    ]
-    lines.append(rule)
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.append(rule)
-    return "\n".join(lines) + "\n"
-
-
 # The table is derived from the declarations above.
-__doc__ = (__doc__ or "") + _table()
+__doc__ = (__doc__ or "") + table(SETTINGS)

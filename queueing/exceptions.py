@@ -55,7 +55,7 @@ class UnknownQueue(ValueError):
 
 
 class InvalidTransition(RuntimeError):
-    """A lifecycle verb called on a job in a state it cannot leave that way (``models.py`` tells the moves)."""
+    """A lifecycle verb called on a job in a state it cannot leave that way (``models/__init__.py`` tells the moves)."""
 
     def __init__(self, job_id: int | None, status: str, move: str, allowed: tuple[str, ...] = ()) -> None:
         self.job_id = job_id

@@ -1,6 +1,6 @@
 """What the sweep may claim: the due jobs, less the paused ones, as far as each failure group's breaker allows.
 
-``claim_due`` is the sweep's one call (``claims.sweep``); a sweep that loops over batches calls it again for
+``claim_due`` is the sweep's one call (``sweep.sweep``); a sweep that loops over batches calls it again for
 each batch: a probe or a wave is taken once (``groups.take_release``), so a second batch in the same
 ``CHECK_INTERVAL`` gets nothing more of a group that is probing or releasing a wave. ``release_for(group)``
 tells how many of one group may go now without taking anything.

@@ -1,6 +1,6 @@
 """The lifecycle verbs: every state change of a ``FailedJob``, each written once.
 
-``models.py`` tells the story; each verb here names its step. A row verb takes one job (the caller loads it,
+``models/__init__.py`` tells the story; each verb here names its step. A row verb takes one job (the caller loads it,
 locked or fenced by its claim token), changes it, and saves only the fields it changed; ``claim`` is one
 conditional ``UPDATE`` for many rows. A verb asked for a move the story does not allow raises
 ``InvalidTransition``. Where a failing job goes, and why, is ``queueing/policy.py``'s decision.
@@ -8,7 +8,7 @@ conditional ``UPDATE`` for many rows. A verb asked for a move the story does not
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -58,7 +58,7 @@ def _clear_claim(job: FailedJob) -> list[str]:
 def _given_up(job: FailedJob) -> None:
     """The job ends ``dead`` or ``discarded`` with no call of it running: tell its workflow, after the commit.
 
-    (``models.py``, last paragraph.) A clone that fails for the last time re-raises instead, so ``fail``
+    (``models/__init__.py``, last paragraph.) A clone that fails for the last time re-raises instead, so ``fail``
     never calls this.
     """
     from queueing import workflow
@@ -254,32 +254,6 @@ def mark_unregistered_dead(job: FailedJob, *, now: datetime) -> None:
 # --- steps 4, 5 and 6: the clone reports, or its lease runs out -----------------------------------------------
 
 
-def runner_mark(*, host: str, pid: int, attempt: int) -> str:
-    """What ``running_on`` holds for one running copy of a clone: ``host:pid#attempt``."""
-    return f"{host}:{pid}#{attempt}"
-
-
-def _parse_mark(mark: str) -> tuple[str, int, int]:
-    where, _, attempt = mark.rpartition("#")
-    host, _, pid = where.rpartition(":")
-    return host, int(pid or 0), int(attempt or 0)
-
-
-def held_by_another_copy(job: FailedJob, *, runner: str, alive: Callable[[int], bool]) -> bool:
-    """Step 4: whether another copy of the same clone message runs now (then this one must not start).
-
-    Not when no copy marked the row, when the mark is this copy's own, when this copy is a later immediate
-    retry (the marked run ended: it sent this one), or when the marking process on this host is gone.
-    """
-    if not job.running_on or job.running_on == runner:
-        return False
-    held_host, held_pid, held_attempt = _parse_mark(job.running_on)
-    host, _, attempt = _parse_mark(runner)
-    if attempt > held_attempt:
-        return False
-    return not (held_host == host and not alive(held_pid))
-
-
 def start_clone(job: FailedJob, *, task_id: str, now: datetime, lease_seconds: float, runner: str = "") -> None:
     """Step 4: a clone starts under its claim: renew its lease, mark the copy running (``runner_mark``)."""
     _require(job, "start a retry of", (Status.RETRYING,))
@@ -348,45 +322,3 @@ def expire_age(job: FailedJob, *, now: datetime, max_age_seconds: float) -> None
     job.status_reason, job.reason_code = text, Reason.MAX_AGE_EXCEEDED
     job.add_event("dead", now, reason=text)
     _save(job, ["status", "dead_at", "next_retry_at", "status_reason", "reason_code", "history"])
-
-
-# --- step 7: operators -----------------------------------------------------------------------------------
-
-
-# ``actor`` names who acted, as the history shows it: ``user:<username>`` (admin, API session),
-# ``token:<name>`` (API token), ``command:<name> (os user <name>)``, ``python-api``. Empty: not named.
-
-
-def discard(job: FailedJob, *, now: datetime, text: str, actor: str = "") -> None:
-    """Step 7: an operator gives up on a ``failed`` or ``dead`` job: ``discarded`` (final)."""
-    _require(job, "discard", (Status.FAILED, Status.DEAD))
-    was_failed = job.status == Status.FAILED
-    job.status, job.discarded_at = Status.DISCARDED, now
-    _operator_reason(job, reason=Reason.OPERATOR_DISCARDED, text=text, now=now, actor=actor)
-    _save(job, ["status", "discarded_at", "next_retry_at", "status_reason", "reason_code", "history"])
-    if was_failed:  # a dead job's workflow was told when it died
-        _given_up(job)
-
-
-def mark_dead(job: FailedJob, *, now: datetime, text: str, actor: str = "") -> None:
-    """Step 7: an operator stops the automatic retries of a ``failed`` job: ``dead``."""
-    _require(job, "mark dead", (Status.FAILED,))
-    job.status, job.dead_at = Status.DEAD, now
-    _operator_reason(job, reason=Reason.OPERATOR_MARKED_DEAD, text=text, now=now, actor=actor)
-    _save(job, ["status", "dead_at", "next_retry_at", "status_reason", "reason_code", "history"])
-    _given_up(job)
-
-
-def note_retry_requested(jobs: list[FailedJob], *, now: datetime, actor: str) -> None:
-    """Step 3: who asked for an operator's retry, in the history of each job just claimed for it (not yet sent)."""
-    for job in jobs:
-        _require(job, "note the retry of", (Status.RETRYING,))
-        job.add_event("retry_requested", now, by=actor)
-    FailedJob.objects.bulk_update(jobs, ["history"])
-
-
-def _operator_reason(job: FailedJob, *, reason: Reason, text: str, now: datetime, actor: str) -> None:
-    job.next_retry_at = None
-    job.status_reason = text
-    job.reason_code = reason
-    job.add_event(job.status, now, reason=text, by=actor)

@@ -1,6 +1,6 @@
 """The automatic retry policy and its decisions: plain values and pure functions (no Django here).
 
-Where a job goes when a call fails for good, or when a clone that started vanished (``models.py``, steps 2,
+Where a job goes when a call fails for good, or when a clone that started vanished (``models/__init__.py``, steps 2,
 5 and 6): ``failed`` and due again after the retry delay (or after the server's ``Retry-After``), or ``dead``
 with a reason. The lifecycle verbs on ``FailedJob`` ask this module and write what it says.
 

@@ -1,6 +1,6 @@
 """Recording what workers report: a call that failed for good, a clone that starts, a clone that succeeds.
 
-``models.py`` steps 2, 4 and 5.
+``models/__init__.py`` steps 2, 4 and 5.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from queueing import groups, lifecycle
+from queueing import groups, lifecycle, runners
 from queueing.autoretry import current_policy
 from queueing.conf import get_settings
 from queueing.models import FailedJob
@@ -200,12 +200,12 @@ def start_clone(*, job_id: int, claim_token: str, task_id: str, attempt: int = 0
     ``False`` means the delivery is stale, or another copy of the same message runs now: it must do nothing.
     """
     now = now or timezone.now()
-    runner = lifecycle.runner_mark(host=socket.gethostname(), pid=os.getpid(), attempt=attempt)
+    runner = runners.runner_mark(host=socket.gethostname(), pid=os.getpid(), attempt=attempt)
     with transaction.atomic():
         job = _claimed_job(job_id, claim_token)
         if job is None:
             return False
-        if lifecycle.held_by_another_copy(job, runner=runner, alive=_process_alive):
+        if runners.held_by_another_copy(job, runner=runner, alive=_process_alive):
             logger.warning("job %s: clone %s already runs as %s; this copy is not run", job_id, task_id, job.running_on)
             return False
         lifecycle.start_clone(job, task_id=task_id, now=now, lease_seconds=get_settings().lease_seconds, runner=runner)

@@ -44,9 +44,9 @@ def _log_auto_retry_started(sender: Any = None, **_: Any) -> None:
 @worker_ready.connect
 def _replay_the_spool(sender: Any = None, **_: Any) -> None:
     """Failures spooled while the database and the broker were both down: replay now and periodically."""
-    from queueing import spool, status
+    from queueing import spool_replayer, status
 
-    spool.start_replayer(after_each=status.publish_spooled_figure)
+    spool_replayer.start_replayer(after_each=status.publish_spooled_figure)
 
 
 # --- counters ----------------------------------------------------------------------------------------------

@@ -32,9 +32,8 @@ import json
 import logging
 import os
 import socket
-import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -317,43 +316,3 @@ def record_once(failure: Failure, *, failed_at: datetime) -> bool:
         assert job is not None
         workflow.fail_workflow(job)  # the failing call left its workflow pending (``RetryableTask.__call__``)
     return True
-
-
-# --- the periodic replay in each worker ---------------------------------------------------------------------
-
-
-class Replayer(threading.Thread):
-    """Replays the spool every ``SPOOL_REPLAY_INTERVAL_SECONDS`` in a worker's main process, then calls
-    ``after_each`` (the worker tells the status its spooled figure)."""
-
-    def __init__(self, interval_seconds: float, *, after_each: Callable[[], None] | None = None) -> None:
-        super().__init__(name="queueing spool replay", daemon=True)
-        self.interval_seconds = interval_seconds
-        self.after_each = after_each
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        from django.db import connection
-
-        while True:
-            try:
-                replay()
-                if self.after_each is not None:
-                    self.after_each()
-            except Exception:
-                logger.exception("spool: replay failed; trying again in %ss", self.interval_seconds)
-            finally:
-                connection.close()
-            if self.stopping.wait(self.interval_seconds):
-                return
-
-
-_replayer: Replayer | None = None
-
-
-def start_replayer(*, after_each: Callable[[], None] | None = None) -> None:
-    """Replay once now, then every ``SPOOL_REPLAY_INTERVAL_SECONDS`` (once per process)."""
-    global _replayer
-    if _replayer is None or not _replayer.is_alive():
-        _replayer = Replayer(get_settings().spool_replay_interval_seconds, after_each=after_each)
-        _replayer.start()

@@ -1,4 +1,5 @@
-"""``RetryableTask``, the base task that retries at once and records what still fails; and the sweep task.
+"""``RetryableTask``, the base task that retries at once and records what still fails (the Beat tasks are
+``periodic.py``).
 
 Tasks stay thin: they take plain JSON values and let this base class handle retries and failure records.
 """
@@ -20,7 +21,7 @@ from celery.signals import task_failure
 from django.db import DatabaseError
 from django.utils import timezone
 
-from queueing import backoff, claims, errors, policy, recording, signals, spool, workflow
+from queueing import backoff, errors, policy, recording, signals, spool, workflow
 from queueing.conf import get_settings
 from queueing.registry import HEADER_CANARY, HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, message_header
 
@@ -112,7 +113,7 @@ class RetryableTask(Task):
                 countdown = min(error.delay_seconds, longest)  # the jitter never takes it past BACKOFF_MAX
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
-    # --- the clone's side of the claim (models.py, steps 4 and 5) -------------------------------------
+    # --- the clone's side of the claim (models/__init__.py, steps 4 and 5) -------------------------------------
 
     def _claim_headers(self) -> tuple[int, str] | None:
         return claim_headers(self.request)
@@ -326,50 +327,5 @@ def record_failed_job(failure: dict[str, Any], failed_at: str | None = None) -> 
         workflow.fail_workflow(job)
 
 
-@shared_task(
-    base=RetryableTask,
-    name="queueing.sweep_failed_jobs",
-    autoretry_for=(),
-    record_failures=False,
-    ignore_result=True,
-)
-def sweep_failed_jobs() -> dict[str, int]:
-    """Beat sends this every ``CHECK_INTERVAL``; a worker runs it. Re-sends due failed jobs, then alerts."""
-    import time
-
-    from queueing import alerts, status
-
-    started = time.monotonic()
-    try:
-        spool.replay()  # this host's spool, if the database and the broker were down a moment ago
-    except OSError:
-        logger.exception("spool: could not replay %s", spool.spool_dir())
-    result = claims.sweep()
-    status.record_sweep_duration(time.monotonic() - started)
-    alerts.evaluate_safely()  # fires on a threshold crossing; never raises
-    return {
-        "recovered": result.recovered,
-        "claimed": result.claimed,
-        "sent": result.sent,
-        "unknown": result.unknown,
-    }
-
-
-@shared_task(
-    base=RetryableTask,
-    name="queueing.prune_failed_jobs",
-    autoretry_for=(),
-    record_failures=False,
-    ignore_result=True,
-)
-def prune_failed_jobs() -> dict[str, int]:
-    """Beat sends this every ``PRUNE_INTERVAL``: deletes old finished and dead jobs, at most ``PRUNE_MAX_JOBS``."""
-    from django.utils import timezone
-
-    from queueing import retention
-
-    result = retention.prune(now=timezone.now(), max_jobs=get_settings().prune_max_jobs)
-    return {state.status: state.count for state in result.states}
-
-
-from queueing import bulkops  # noqa: E402, F401  (registers queueing.run_bulk_retry in every worker)
+# Registered in every worker with this module: queueing.run_bulk_retry, the Beat tasks (sweep, prune).
+from queueing import bulkops, periodic  # noqa: E402, F401

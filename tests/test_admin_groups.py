@@ -11,7 +11,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from queueing import claims
+from queueing import sweep
 from queueing.models import FailedJob, FailureGroup, QueuePause
 from tests.test_groups import SECOND, record
 
@@ -47,7 +47,7 @@ def test_the_grouped_view_shows_each_cause_with_its_breaker_and_links_to_its_job
     for n in range(4):
         record(n, at=now)
     record(9, at=now, message="another cause")
-    claims.sweep(now=now + 61 * SECOND)
+    sweep.sweep(now=now + 61 * SECOND)
     group = FailureGroup.objects.get(message_pattern="gateway answered <n> for <n>")
 
     page = operator.get(reverse("admin:queueing_failuregroup_changelist")).content.decode()

@@ -18,7 +18,7 @@ from django.db import connection
 from queueing import alerts
 from queueing.conf import get_settings
 from queueing.models import AlertState, FailedJob
-from queueing.tasks import sweep_failed_jobs
+from queueing.periodic import sweep_failed_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
         "registry",
         "autoretry",
         "conf",
+        "declaration",
         "http",
         "tokens",
         "permissions",
@@ -27,10 +28,22 @@ LAYERS: list[set[str]] = [
         "errors",
         "retry_queues",
     },
-    {"lifecycle"},
-    {"operations", "claims", "recording", "schedule", "groups", "gate", "pauses", "retention", "spool"},
+    {"lifecycle", "runners", "operator_verbs"},
+    {
+        "operations",
+        "claims",
+        "sweep",
+        "recording",
+        "schedule",
+        "groups",
+        "gate",
+        "pauses",
+        "retention",
+        "spool",
+        "spool_replayer",
+    },
     {"status", "alerts"},
-    {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "signals", "checks", "apps"}
+    {"admin", "api", "api_groups", "metrics", "management", "retry", "tasks", "periodic", "signals", "checks", "apps"}
     | {"coverage", "bulkops"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}

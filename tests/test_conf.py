@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from queueing import conf
+from queueing import conf, declaration
 from queueing.conf import QueueingSettings, get_settings
 
 
@@ -95,7 +95,7 @@ def test_every_setting_is_in_the_readme_table_with_its_default_and_meaning() -> 
 
 
 def test_the_readme_table_names_no_queueing_setting_that_is_not_declared() -> None:
-    listed = {name for name in readme_configuration_rows() if name.startswith(conf.ENV_PREFIX)}
+    listed = {name for name in readme_configuration_rows() if name.startswith(declaration.ENV_PREFIX)}
 
     assert listed - PROJECT_SETTINGS == {declared.env_var for declared in conf.SETTINGS}
 
@@ -124,7 +124,7 @@ def test_the_dataclass_defaults_are_the_declared_ones() -> None:
     assert "api_token" not in repr(defaults) and "alert_webhook_url" not in repr(defaults)  # secrets
 
 
-def other_value(declared: conf.Setting) -> tuple[str, Any]:
+def other_value(declared: declaration.Setting) -> tuple[str, Any]:
     """An environment value for ``declared`` other than its default, and what it parses to."""
     if declared.kind is bool:
         return str(not declared.default).lower(), not declared.default
@@ -141,7 +141,7 @@ def other_value(declared: conf.Setting) -> tuple[str, Any]:
 
 @pytest.mark.parametrize("declared", conf.SETTINGS, ids=lambda declared: declared.key)
 def test_every_setting_is_read_from_its_environment_variable(
-    monkeypatch: pytest.MonkeyPatch, declared: conf.Setting
+    monkeypatch: pytest.MonkeyPatch, declared: declaration.Setting
 ) -> None:
     text, expected = other_value(declared)
     monkeypatch.setenv(declared.env_var, text)

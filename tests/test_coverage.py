@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from queueing import claims, coverage
+from queueing import coverage, sweep
 from queueing.models import FailedJob
 from tests import workflow_tasks as wt
 from tests.conftest import wait_for
@@ -78,7 +78,7 @@ def test_a_third_party_task_named_in_the_setting_is_recorded_retried_and_resolve
 
     # When the service is back and the sweep re-sends it
     wt.store().delete(f"down:{key}:thirdparty")
-    assert claims.sweep().sent == 1
+    assert sweep.sweep().sent == 1
 
     # Then the clone runs and the row is resolved through the signals
     wait_for(lambda: (j := _row(result.id)) and j.status == Status.RESOLVED, what="resolved")

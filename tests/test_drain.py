@@ -19,10 +19,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from kombu.exceptions import OperationalError
 
-from queueing import claims, retry_queues
+from queueing import claims, retry_queues, sweep
 from queueing.autoretry import current_policy
-from queueing.claims import Stop
 from queueing.models import FailedJob
+from queueing.sweep import Stop
 from queueing.throttle import Pacer
 from tests.conftest import ROOT, stop, wait_for
 
@@ -62,7 +62,7 @@ def test_one_sweep_sends_batch_after_batch_until_nothing_is_due(
     make_due(make_failed_job, 25)
 
     # When one sweep runs
-    result = claims.sweep(now=now, batch_size=10)
+    result = sweep.sweep(now=now, batch_size=10)
 
     # Then it sent all 25, in 3 batches, and stopped because nothing was left
     assert (result.claimed, result.sent, result.batches, result.stopped) == (25, 25, 3, Stop.NOTHING_DUE)
@@ -76,37 +76,37 @@ def test_a_sweep_stops_when_its_time_budget_is_spent(
     # Given 100 due jobs, and each batch taking one second to publish
     make_due(make_failed_job, 100)
     clock = FakeClock()
-    monkeypatch.setattr(claims, "_monotonic", clock)
+    monkeypatch.setattr(sweep, "_monotonic", clock)
     real_publish = claims.publish
 
     def slow_publish(*args: Any, **kwargs: Any) -> claims.PublishResult:
         clock.now += 1.0
         return real_publish(*args, **kwargs)
 
-    monkeypatch.setattr(claims, "publish", slow_publish)
+    monkeypatch.setattr(sweep, "publish", slow_publish)
 
     # When a sweep with a 2.5 s budget runs
-    result = claims.sweep(now=now, batch_size=10, budget_seconds=2.5)
+    result = sweep.sweep(now=now, batch_size=10, budget_seconds=2.5)
 
     # Then it sent 3 batches (the one that crossed the budget included), and left the rest due for the next
     assert (result.sent, result.batches, result.stopped) == (30, 3, Stop.BUDGET)
     assert FailedJob.objects.filter(status=Status.FAILED).count() == 70
-    assert claims.sweep(now=now, batch_size=10, budget_seconds=2.5).sent == 30
+    assert sweep.sweep(now=now, batch_size=10, budget_seconds=2.5).sent == 30
 
 
 def test_the_budget_is_80_percent_of_the_check_interval_unless_set_below_it(configure: Any) -> None:
     configure(CHECK_INTERVAL=60)
-    assert claims.budget(current_policy()) == pytest.approx(48.0)
+    assert sweep.budget(current_policy()) == pytest.approx(48.0)
     configure(CHECK_INTERVAL=60, SWEEP_BUDGET=30)
-    assert claims.budget(current_policy()) == 30.0
+    assert sweep.budget(current_policy()) == 30.0
     configure(CHECK_INTERVAL=60, SWEEP_BUDGET=90)  # not below the interval: two sweeps would overlap
-    assert claims.budget(current_policy()) == pytest.approx(48.0)
+    assert sweep.budget(current_policy()) == pytest.approx(48.0)
 
 
 def test_a_sweep_stops_at_the_waves_size(broker: redis.Redis, make_failed_job: Any, now: Any) -> None:
     make_due(make_failed_job, 30)
 
-    result = claims.sweep(now=now, batch_size=10, max_jobs=15)
+    result = sweep.sweep(now=now, batch_size=10, max_jobs=15)
 
     assert (result.sent, result.batches, result.stopped) == (15, 2, Stop.LIMIT)
     assert FailedJob.objects.filter(status=Status.FAILED).count() == 15
@@ -128,7 +128,7 @@ def test_a_claim_limit_narrows_each_claim(broker: redis.Redis, make_failed_job: 
             self.left -= len(jobs)
 
     # When a sweep runs with it
-    result = claims.sweep(now=now, batch_size=2, limit=OnlyThreeOfQ2())
+    result = sweep.sweep(now=now, batch_size=2, limit=OnlyThreeOfQ2())
 
     # Then exactly those were sent, in batches no larger than the limit allowed
     assert (result.sent, result.batches, result.stopped) == (3, 2, Stop.LIMIT)
@@ -147,7 +147,7 @@ def test_a_sweep_stops_when_the_broker_refuses_and_gives_the_retries_back(
     monkeypatch.setattr(Task, "apply_async", refuse)
 
     # When a sweep runs
-    result = claims.sweep(now=now, batch_size=10)
+    result = sweep.sweep(now=now, batch_size=10)
 
     # Then it tried one batch only (the jobs it gave back are due again: no spinning on them), retries given back
     assert (result.claimed, result.sent, result.batches, result.stopped) == (10, 0, 1, Stop.REFUSED)
@@ -162,7 +162,7 @@ def test_a_sweep_costs_a_fixed_number_of_queries_per_batch_not_per_job(
         FailedJob.objects.all().delete()
         make_due(make_failed_job, n)
         with CaptureQueriesContext(connection) as queries:
-            result = claims.sweep(now=now, batch_size=10)
+            result = sweep.sweep(now=now, batch_size=10)
         assert result.sent == n
         counts[n] = len(queries)
 
@@ -194,7 +194,7 @@ def test_a_throttled_queue_is_sent_at_its_rate_and_others_at_full_speed(
 
     # When a sweep with a 1 s budget runs
     started = time.monotonic()
-    result = claims.sweep(now=now, batch_size=50, budget_seconds=1.0)
+    result = sweep.sweep(now=now, batch_size=50, budget_seconds=1.0)
     took = time.monotonic() - started
 
     # Then whatsapp-send went out whole; default got only what 20 per second sends in 1 s, spaced 50 ms apart
@@ -216,12 +216,12 @@ def test_every_queue_can_be_throttled_at_once(
 ) -> None:
     configure(THROTTLE=["*=5"])
     clock = FakeClock()
-    monkeypatch.setattr(claims, "_monotonic", clock)
-    monkeypatch.setattr(claims, "_sleep", clock.sleep)
+    monkeypatch.setattr(sweep, "_monotonic", clock)
+    monkeypatch.setattr(sweep, "_sleep", clock.sleep)
     make_due(make_failed_job, 20, queue="default")
     make_due(make_failed_job, 20, queue="whatsapp-send")
 
-    result = claims.sweep(now=now, batch_size=100, budget_seconds=2.0)
+    result = sweep.sweep(now=now, batch_size=100, budget_seconds=2.0)
 
     # 5 per second for 2 s, per queue, the two queues side by side (not one after the other)
     assert (waiting(broker, "default"), waiting(broker, "whatsapp-send")) == (10, 10)
@@ -236,7 +236,7 @@ def test_the_waves_size_holds_across_the_claims_of_throttled_and_other_queues(
     make_due(make_failed_job, 10, queue="default")
     make_due(make_failed_job, 10, queue="whatsapp-send")
 
-    result = claims.sweep(now=now, batch_size=4, max_jobs=6)
+    result = sweep.sweep(now=now, batch_size=4, max_jobs=6)
 
     assert (result.sent, result.stopped) == (6, Stop.LIMIT)
     assert waiting(broker, "default") + waiting(broker, "whatsapp-send") == 6
@@ -262,7 +262,7 @@ def test_re_sent_jobs_of_a_retry_queue_go_to_its_retry_queue(
     [job] = make_due(make_failed_job, 1, queue="default")
     make_due(make_failed_job, 1, queue="whatsapp-send")
 
-    assert claims.sweep(now=now).sent == 2
+    assert sweep.sweep(now=now).sent == 2
 
     assert (waiting(broker, "default"), waiting(broker, "default.retry"), waiting(broker, "whatsapp-send")) == (0, 1, 1)
     [raw] = broker.lrange("default.retry", 0, -1)
@@ -288,7 +288,7 @@ def test_a_worker_consuming_a_queue_consumes_its_retry_queue_too(
         # When a sweep re-sends a job of whatsapp-send by its retry queue
         configure(RETRY_QUEUES=["whatsapp-send"])
         job = make_failed_job(queue="whatsapp-send", task_name="tests.tasks.succeed", args=[], kwargs={})
-        assert claims.sweep().sent == 1
+        assert sweep.sweep().sent == 1
 
         # Then that worker runs it and the job is resolved
         wait_for(
@@ -317,7 +317,7 @@ def test_jobs_not_yet_due_stay_out_of_every_batch(broker: redis.Redis, make_fail
     make_due(make_failed_job, 12)
     make_failed_job(queue="default", next_retry_at=now + timedelta(minutes=1))
 
-    result = claims.sweep(now=now, batch_size=5)
+    result = sweep.sweep(now=now, batch_size=5)
 
     assert (result.sent, result.batches) == (12, 3)
     assert FailedJob.objects.filter(status=Status.FAILED).count() == 1

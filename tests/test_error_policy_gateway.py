@@ -1,6 +1,6 @@
 """The error policy end to end: the WhatsApp task against the fake gateway, in the embedded worker.
 
-The sweep is run by the test (``claims.sweep()``), when it wants; everything else is the real worker, the real
+The sweep is run by the test (``sweep.sweep()``), when it wants; everything else is the real worker, the real
 broker and the gateway's ``/attempts``, which count what was tried (deliveries are deduplicated and would hide
 a second send).
 """
@@ -19,7 +19,7 @@ import redis
 
 from messaging.fake_gateway import FakeGateway
 from messaging.tasks import send_whatsapp_message
-from queueing import claims
+from queueing import sweep
 from queueing.models import FailedJob
 from tests import tasks
 from tests.conftest import wait_for
@@ -57,7 +57,7 @@ def settled(origin_task_id: str, events: int) -> FailedJob | None:
 
 def sweep_until_sent(*, timeout: float) -> None:
     """Run the sweep (as Beat would, every 0.1 s here) until it sends a job."""
-    wait_for(lambda: claims.sweep().sent, timeout=timeout, interval=0.1, what="the sweep to send the job")
+    wait_for(lambda: sweep.sweep().sent, timeout=timeout, interval=0.1, what="the sweep to send the job")
 
 
 def test_a_rate_limited_send_never_comes_back_sooner_than_the_servers_retry_after(
@@ -129,7 +129,7 @@ def test_a_retry_after_longer_than_the_backoff_cap_waits_in_the_database_not_in_
     assert (job.status, job.reason_code, job.attempts) == (Status.FAILED, Reason.SERVER_DEFERRED, 1)
     wait = (job.next_retry_at - job.last_failed_at).total_seconds()
     assert 59 <= wait <= 61 * 1.1, wait  # the HTTP date has whole seconds; up to 10 % jitter on top
-    assert claims.sweep().sent == 0
+    assert sweep.sweep().sent == 0
 
 
 def test_the_deferred_wait_is_capped_by_retry_after_max(
@@ -168,7 +168,7 @@ def test_a_session_not_found_is_retried_automatically_after_the_session_delay(
     assert (job.status, job.reason_code, job.retry_count) == (Status.FAILED, Reason.POLICY_DELAY, 0)
     assert job.next_retry_at == job.last_failed_at + timedelta(seconds=3)
     assert "session not found" in job.status_reason
-    assert claims.sweep().sent == 0
+    assert sweep.sweep().sent == 0
 
     # When the phone is linked, and the delay has passed
     gateway.sessions = frozenset({"default", "later"})

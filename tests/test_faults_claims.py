@@ -30,7 +30,7 @@ from tests.faults import (  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-SWEEP = "import tests.fault_tasks\nfrom queueing import claims\nprint(claims.sweep())\n"
+SWEEP = "import tests.fault_tasks\nfrom queueing import sweep\nprint(sweep.sweep())\n"
 
 
 def _due_jobs(database: Database, env: dict[str, str], calls: list[tuple[str, float]]) -> None:

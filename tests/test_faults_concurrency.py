@@ -16,7 +16,7 @@ import redis
 from django.db import connection
 from django.test import Client
 
-from queueing import claims, lifecycle, operations
+from queueing import lifecycle, operations, sweep
 from queueing.models import FailedJob
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
@@ -86,7 +86,7 @@ def test_f13_four_sweeps_at_once_over_10000_due_rows_each_claim_a_full_disjoint_
     monkeypatch.setattr(lifecycle, "claim", claim_when_all_have_selected)
 
     # When four sweeps run at once, each with a batch of a quarter of the due rows
-    results = _in_threads(*[lambda: claims.sweep(batch_size=2_500)] * 4)
+    results = _in_threads(*[lambda: sweep.sweep(batch_size=2_500)] * 4)
 
     # Then each claimed and sent a full batch, no row twice, every row once
     assert [r.claimed for r in results] == [2_500] * 4
@@ -117,7 +117,7 @@ def test_f14_an_operator_the_api_and_the_sweep_racing_on_the_same_rows_claim_eac
 
     def sweep() -> int:
         start.wait()
-        return claims.sweep().sent
+        return sweep.sweep().sent
 
     # When the three claim the same 300 due rows at the same moment
     sent = _in_threads(operator, api, sweep)

@@ -131,7 +131,7 @@ def _due_job(database: Database, env: dict[str, str], key: str) -> int:
     return int(database.execute_python(env, code).split()[-1])
 
 
-SWEEP = "import tests.fault_tasks\nfrom queueing import claims\nprint(claims.sweep())\n"
+SWEEP = "import tests.fault_tasks\nfrom queueing import sweep\nprint(sweep.sweep())\n"
 
 
 def test_f5_a_sweep_whose_broker_is_down_gives_its_claim_back_without_hanging(

@@ -166,7 +166,7 @@ def test_f11_a_worker_child_recycled_for_memory_mid_batch_loses_and_repeats_noth
     assert check_invariants(database, origins=origins) == dict.fromkeys(origins, "ok")
 
 
-SWEEP = "import tests.fault_tasks\nfrom queueing import claims\nprint(claims.sweep())\n"
+SWEEP = "import tests.fault_tasks\nfrom queueing import sweep\nprint(sweep.sweep())\n"
 
 
 def test_f12_a_second_delivery_of_the_current_retry_while_the_first_still_runs_does_not_run(

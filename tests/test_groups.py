@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from queueing import claims, gate, groups, operations, recording
+from queueing import gate, groups, operations, recording, sweep
 from queueing.models import FailedJob, FailureGroup
 from queueing.registry import HEADER_CANARY, celery_app
 from queueing.retry import pause_auto_retry, resume_auto_retry
@@ -77,7 +77,7 @@ def group() -> FailureGroup:
 
 def sent_ids(at: datetime) -> set[int]:
     before = set(FailedJob.objects.filter(status=Status.RETRYING).values_list("pk", flat=True))
-    claims.sweep(now=at)
+    sweep.sweep(now=at)
     return set(FailedJob.objects.filter(status=Status.RETRYING).values_list("pk", flat=True)) - before
 
 
@@ -269,12 +269,12 @@ def test_a_paused_queue_is_left_alone_by_the_sweep_but_an_operator_can_still_ret
     assert pause_auto_retry("default") is True
     assert pause_auto_retry("default") is False
 
-    assert claims.sweep(now=now).sent == 0
+    assert sweep.sweep(now=now).sent == 0
     assert operations.retry_now(queue="default").retried_ids == (job.pk,)
 
     make_failed_job(queue="default")
     assert resume_auto_retry("default") is True
-    assert claims.sweep(now=now).sent == 1
+    assert sweep.sweep(now=now).sent == 1
 
 
 def test_a_paused_group_is_left_alone_by_the_sweep_and_other_groups_go_on(
@@ -314,7 +314,7 @@ def test_a_job_failing_longer_than_max_age_is_dead_with_that_reason(
     old = make_failed_job(first_failed_at=now - timedelta(hours=2), next_retry_at=now + timedelta(hours=1))
     young = make_failed_job(first_failed_at=now - timedelta(minutes=30), next_retry_at=now + timedelta(hours=1))
 
-    assert claims.sweep(now=now).too_old == 1
+    assert sweep.sweep(now=now).too_old == 1
 
     old.refresh_from_db()
     young.refresh_from_db()
@@ -354,11 +354,11 @@ def test_canaries_that_hold_others_back_ask_once_and_a_probe_of_a_whole_group_ke
     # Given a group of five: the probe's two canaries carry the header (no immediate retries for them)
     for n in range(5):
         record(n, at=now)
-    claims.sweep(now=now + 61 * SECOND)
+    sweep.sweep(now=now + 61 * SECOND)
     assert canary_headers() == [True, True]
 
     # Given a group of one: its probe is the whole group, an ordinary retry with its immediate retries
     broker.delete("default")
     record(9, at=now, message="a cause of its own")
-    claims.sweep(now=now + 61 * SECOND)
+    sweep.sweep(now=now + 61 * SECOND)
     assert canary_headers() == [None]

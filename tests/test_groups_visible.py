@@ -13,7 +13,7 @@ import redis
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from queueing import claims
+from queueing import sweep
 from queueing.models import FailedJob, FailureGroup, QueuePause
 from tests.test_groups import SECOND, record
 
@@ -51,7 +51,7 @@ def test_the_status_shows_each_failing_group_with_its_state_counts_and_share(
 ) -> None:
     # Given four jobs of one cause, probed: two canaries out, the group probing
     group = an_open_group(now)
-    claims.sweep(now=now + 61 * SECOND)
+    sweep.sweep(now=now + 61 * SECOND)
 
     answer = client.get("/api/queue/status", headers=AUTH).json()
 

@@ -20,7 +20,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from queueing import claims, operations
+from queueing import operations, sweep
 from queueing.models import FailedJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -237,7 +237,7 @@ def test_a_hostile_row_shows_in_the_admin_the_api_the_command_and_the_metrics(
 
 
 def test_a_hostile_row_is_marked_dead_by_the_sweep_never_sent(broker: redis.Redis, hostile_row: FailedJob) -> None:
-    result = claims.sweep()
+    result = sweep.sweep()
 
     hostile_row.refresh_from_db()
     assert (result.sent, result.unknown) == (0, 1)
@@ -290,7 +290,7 @@ def test_a_tampered_row_is_dead_with_a_clear_reason_and_nothing_is_enqueued(
     job = make_failed_job(**fields)
 
     if by == "sweep":
-        claims.sweep()
+        sweep.sweep()
     else:
         operations.retry_now(ids=[job.pk], actor="user:test")
 
@@ -299,7 +299,7 @@ def test_a_tampered_row_is_dead_with_a_clear_reason_and_nothing_is_enqueued(
     assert reason in job.status_reason
     assert nothing_enqueued(broker)
     # and it stays so: the next sweep sends nothing either
-    claims.sweep()
+    sweep.sweep()
     assert nothing_enqueued(broker)
 
 
@@ -356,7 +356,7 @@ def test_a_nul_in_an_argument_is_sent_again_exactly(broker: redis.Redis, make_fa
     args, kwargs = ["a\x00b"], {"reason": "\x00 and \ufdd0\ufdd2, which is not a NUL"}
     job = make_failed_job(task_name="tests.tasks.always_fail", args=args, kwargs=kwargs)
 
-    assert claims.sweep().sent == 1
+    assert sweep.sweep().sent == 1
 
     message = json.loads(broker.lpop("default"))
     sent_args, sent_kwargs, _ = json.loads(base64.b64decode(message["body"]))

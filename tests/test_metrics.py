@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from queueing import alerts, operations
 from queueing.models import FailedJob
-from queueing.tasks import sweep_failed_jobs
+from queueing.periodic import sweep_failed_jobs
 from tests import tasks
 from tests.conftest import wait_for
 
@@ -133,7 +133,7 @@ def test_a_firing_alert_is_a_gauge(client: Client, broker: redis.Redis, make_fai
 
 def test_the_sweeps_own_runs_are_not_counted_as_completed_jobs(celery_worker: Any, broker: Any) -> None:
     from queueing import status
-    from queueing.tasks import sweep_failed_jobs
+    from queueing.periodic import sweep_failed_jobs
     from tests import tasks
     from tests.conftest import wait_for
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from queueing import claims, operations, recording, registry
+from queueing import operations, recording, registry, sweep
 from queueing.models import FailedJob
 from tests import tasks
 from tests.conftest import wait_for
@@ -92,7 +92,7 @@ def test_retries_count_up_to_the_limit_then_the_job_is_dead_and_never_sent_again
 
     # When the sweep re-sends it three times, each clone failing after its own immediate retries
     for round_number in (1, 2, 3):
-        assert claims.sweep().sent == 1
+        assert sweep.sweep().sent == 1
         job = wait_for(
             lambda n=round_number: (j := _row(result.id)) and j.retry_count == n and j.status != "retrying" and j,
             what=f"retry round {round_number} to fail",
@@ -105,7 +105,7 @@ def test_retries_count_up_to_the_limit_then_the_job_is_dead_and_never_sent_again
     assert job.retry_count == 3
     assert job.attempts == 16 == int(broker.get(f"runs:{key}"))
     assert job.dead_at is not None
-    assert claims.sweep().sent == 0
+    assert sweep.sweep().sent == 0
     assert _row(result.id).status == FailedJob.Status.DEAD
 
 
@@ -116,7 +116,7 @@ def test_a_successful_retry_resolves_the_row(celery_worker: Any, broker: redis.R
     wait_for(lambda: _row(result.id), what="the failure")
 
     # When the sweep re-sends it
-    assert claims.sweep().sent == 1
+    assert sweep.sweep().sent == 1
 
     # Then the clone succeeds and the row is resolved
     job = wait_for(lambda: (j := _row(result.id)) and j.status == FailedJob.Status.RESOLVED and j, what="resolved")
@@ -201,7 +201,7 @@ def test_a_dead_job_retried_by_hand_that_fails_again_is_dead_again(
     assert "after an operator's retry" in job.status_reason
     assert (job.retry_count, job.manual_retry_count, job.next_retry_at, job.claim_token) == (0, 1, None, None)
     assert [e["event"] for e in job.history] == ["retry_started", "failed"]
-    assert claims.sweep().sent == 0
+    assert sweep.sweep().sent == 0
     assert FailedJob.objects.get(pk=job.pk).status == FailedJob.Status.DEAD
 
 

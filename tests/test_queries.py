@@ -12,7 +12,7 @@ from django.db import connection
 from django.db.models.sql.where import WhereNode
 from django.test.utils import CaptureQueriesContext
 
-from queueing import claims, operations
+from queueing import operations, sweep
 from queueing.models import FailedJob, FailedJobQuerySet
 
 Status = FailedJob.Status
@@ -96,7 +96,7 @@ def test_one_sweep_costs_the_same_queries_for_5_due_jobs_as_for_50(
 
         # When one sweep sends them
         with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(MAX_SWEEP_QUERIES):
-            result = claims.sweep(now=now)
+            result = sweep.sweep(now=now)
 
         assert result.sent == n
         counts[n] = len(queries)

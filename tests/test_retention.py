@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import PeriodicTask
 
-from queueing import retention, schedule, tasks
+from queueing import periodic, retention, schedule
 from queueing.models import FailedJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -208,5 +208,5 @@ def test_the_periodic_prune_deletes_at_most_prune_max_jobs(make_job: Any, config
     for _ in range(6):
         make_job(Status.RESOLVED, 30)
 
-    assert tasks.prune_failed_jobs.apply().get() == {"resolved": 4, "discarded": 0, "dead": 0}
+    assert periodic.prune_failed_jobs.apply().get() == {"resolved": 4, "discarded": 0, "dead": 0}
     assert FailedJob.objects.count() == 2

@@ -10,7 +10,7 @@ import redis
 from django.core.management import call_command
 from django_celery_beat.models import PeriodicTask
 
-from queueing import autoretry, claims
+from queueing import autoretry, sweep
 from queueing.models import FailedJob
 from queueing.retry import get_retry_manager, start_auto_retry, stop_auto_retry
 from queueing.schedule import SWEEP_TASK, SWEEP_TASK_NAME
@@ -48,11 +48,11 @@ def test_start_auto_retry_keeps_what_it_is_not_given() -> None:
 
 def test_a_new_max_retries_decides_when_jobs_die(make_failed_job: Any, broker: redis.Redis, now: Any) -> None:
     job = make_failed_job(queue="default", retry_count=3)
-    assert claims.sweep(now=now).sent == 0
+    assert sweep.sweep(now=now).sent == 0
 
     start_auto_retry(max_retries=4)
 
-    assert claims.sweep(now=now).sent == 1
+    assert sweep.sweep(now=now).sent == 1
     job.refresh_from_db()
     assert job.retry_count == 4
 

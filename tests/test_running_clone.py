@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from queueing import lifecycle
+from queueing import lifecycle, runners
 from queueing.models import FailedJob
 
 
@@ -11,7 +11,7 @@ def _job(running_on: str) -> FailedJob:
 
 
 def _mark(host: str = "node-a", pid: int = 100, attempt: int = 0) -> str:
-    return lifecycle.runner_mark(host=host, pid=pid, attempt=attempt)
+    return runners.runner_mark(host=host, pid=pid, attempt=attempt)
 
 
 def alive(pid: int) -> bool:
@@ -23,31 +23,31 @@ def dead(pid: int) -> bool:
 
 
 def test_the_first_copy_of_a_clone_starts() -> None:
-    assert not lifecycle.held_by_another_copy(_job(""), runner=_mark(), alive=alive)
+    assert not runners.held_by_another_copy(_job(""), runner=_mark(), alive=alive)
 
 
 def test_a_second_copy_of_the_same_message_is_refused_while_the_first_runs() -> None:
     job = _job(_mark(pid=100))
-    assert lifecycle.held_by_another_copy(job, runner=_mark(pid=200), alive=alive)
+    assert runners.held_by_another_copy(job, runner=_mark(pid=200), alive=alive)
 
 
 def test_a_second_copy_on_another_host_is_refused_the_lease_takes_the_job_back_if_the_first_died() -> None:
     job = _job(_mark(host="node-a"))
-    assert lifecycle.held_by_another_copy(job, runner=_mark(host="node-b"), alive=dead)
+    assert runners.held_by_another_copy(job, runner=_mark(host="node-b"), alive=dead)
 
 
 def test_a_copy_whose_marking_process_on_this_host_died_takes_over() -> None:
     job = _job(_mark(pid=100))
-    assert not lifecycle.held_by_another_copy(job, runner=_mark(pid=200), alive=dead)
+    assert not runners.held_by_another_copy(job, runner=_mark(pid=200), alive=dead)
 
 
 def test_the_clones_next_immediate_retry_takes_over_the_mark() -> None:
     job = _job(_mark(pid=100, attempt=0))
-    assert not lifecycle.held_by_another_copy(job, runner=_mark(pid=200, attempt=1), alive=alive)
+    assert not runners.held_by_another_copy(job, runner=_mark(pid=200, attempt=1), alive=alive)
 
 
 def test_a_copy_finds_its_own_mark_and_runs() -> None:
-    assert not lifecycle.held_by_another_copy(_job(_mark()), runner=_mark(), alive=alive)
+    assert not runners.held_by_another_copy(_job(_mark()), runner=_mark(), alive=alive)
 
 
 def test_ending_a_claim_clears_the_running_mark() -> None:

@@ -12,7 +12,7 @@ import redis
 from django.db import connection, transaction
 from kombu.exceptions import OperationalError
 
-from queueing import claims, operations, recording, registry
+from queueing import operations, recording, registry, sweep
 from queueing.models import FailedJob
 from tests import tasks
 from tests.conftest import FAST
@@ -33,7 +33,7 @@ def test_sweep_sends_only_jobs_that_are_due(broker: redis.Redis, make_failed_job
     make_failed_job(queue="default", status=Status.DEAD, next_retry_at=None)
     make_failed_job(queue="default", status=Status.RESOLVED)
 
-    result = claims.sweep(now=now)
+    result = sweep.sweep(now=now)
 
     assert (result.claimed, result.sent) == (1, 1)
     [headers] = published(broker, "default")
@@ -51,7 +51,7 @@ def test_sweep_leaves_jobs_that_used_up_their_automatic_retries(
 ) -> None:
     make_failed_job(queue="default", retry_count=3)
 
-    assert claims.sweep(now=now).sent == 0
+    assert sweep.sweep(now=now).sent == 0
     assert published(broker, "default") == []
 
 
@@ -59,7 +59,7 @@ def test_sweep_claims_at_most_the_waves_size(broker: redis.Redis, make_failed_jo
     for _ in range(5):
         make_failed_job(queue="default")
 
-    assert claims.sweep(now=now, batch_size=2, max_jobs=2).sent == 2
+    assert sweep.sweep(now=now, batch_size=2, max_jobs=2).sent == 2
     assert len(published(broker, "default")) == 2
     assert FailedJob.objects.filter(status=Status.FAILED).count() == 3
 
@@ -74,7 +74,7 @@ def test_two_sweeps_at_once_never_send_a_job_twice(broker: redis.Redis, make_fai
         try:
             start.wait()
             while True:
-                result = claims.sweep(now=now, batch_size=10)
+                result = sweep.sweep(now=now, batch_size=10)
                 claimed[slot].append(result.sent)
                 if result.claimed == 0:
                     return
@@ -101,15 +101,15 @@ def test_a_retry_whose_publish_was_lost_is_sent_again_when_its_lease_expires(
 ) -> None:
     job = make_failed_job(queue="default")
     # Given a sweep that claimed the job and died before publishing (or whose message the broker lost)
-    claims.sweep(now=now)
+    sweep.sweep(now=now)
     broker.delete("default")
     job.refresh_from_db()
     assert (job.status, job.retry_count) == (Status.RETRYING, 1)
 
     # When the next sweeps run, first within the lease, then after it
-    assert claims.sweep(now=now + timedelta(seconds=30)).sent == 0
+    assert sweep.sweep(now=now + timedelta(seconds=30)).sent == 0
     later = now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1)
-    result = claims.sweep(now=later)
+    result = sweep.sweep(now=later)
 
     # Then the row is taken back, its retry given back, and it is sent again exactly once
     assert (result.recovered, result.sent) == (1, 1)
@@ -125,13 +125,13 @@ def test_a_retry_that_started_and_vanished_uses_up_its_retry(
 ) -> None:
     configure(RETRY_DELAY=300)
     job = make_failed_job(queue="default")
-    claims.sweep(now=now)
+    sweep.sweep(now=now)
     job.refresh_from_db()
     # Given a clone that started (renewing its lease) and whose worker was then killed
     assert recording.start_clone(job_id=job.pk, claim_token=str(job.claim_token), task_id="clone-1", now=now)
 
     later = now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1)
-    result = claims.sweep(now=later, batch_size=1)
+    result = sweep.sweep(now=later, batch_size=1)
 
     job.refresh_from_db()
     assert result.recovered == 1
@@ -146,11 +146,11 @@ def test_an_expired_lease_on_the_last_retry_leaves_the_job_dead(
     broker: redis.Redis, make_failed_job: Any, now: Any, configure: Any
 ) -> None:
     job = make_failed_job(queue="default", retry_count=2)
-    claims.sweep(now=now)
+    sweep.sweep(now=now)
     job.refresh_from_db()
     recording.start_clone(job_id=job.pk, claim_token=str(job.claim_token), task_id="clone-1", now=now)
 
-    claims.sweep(now=now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1))
+    sweep.sweep(now=now + timedelta(seconds=FAST["LEASE_SECONDS"] + 1))
 
     job.refresh_from_db()
     assert (job.status, job.retry_count) == (Status.DEAD, 3)
@@ -162,7 +162,7 @@ def test_a_job_naming_an_unknown_task_is_marked_dead_and_not_sent(
 ) -> None:
     job = make_failed_job(queue="default", task_name="tests.tasks.no_such_task")
 
-    result = claims.sweep(now=now)
+    result = sweep.sweep(now=now)
 
     assert (result.unknown, result.sent) == (1, 0)
     assert published(broker, "default") == []
@@ -181,7 +181,7 @@ def test_a_publish_error_gives_the_claim_and_the_retry_back(
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(tasks.succeed, "apply_async", broker_down)
-    result = claims.sweep(now=now)
+    result = sweep.sweep(now=now)
 
     assert (result.claimed, result.sent) == (1, 0)
     job.refresh_from_db()
@@ -193,7 +193,7 @@ def test_a_publish_error_gives_the_claim_and_the_retry_back(
 
 def test_the_sweep_refuses_to_run_inside_a_transaction() -> None:
     with transaction.atomic(), pytest.raises(RuntimeError, match=r"outside transaction\.atomic"):
-        claims.sweep()
+        sweep.sweep()
 
 
 def test_a_stored_call_that_no_longer_fits_its_task_is_marked_dead_not_resent_forever(
@@ -202,7 +202,7 @@ def test_a_stored_call_that_no_longer_fits_its_task_is_marked_dead_not_resent_fo
     # Given a row recorded before the task's signature changed
     job = make_failed_job(queue="default", task_name="tests.tasks.fail_times", args=["only-one-argument"])
 
-    result = claims.sweep(now=now)
+    result = sweep.sweep(now=now)
 
     assert (result.claimed, result.sent) == (1, 0)
     job.refresh_from_db()

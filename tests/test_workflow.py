@@ -12,7 +12,7 @@ from celery import Celery
 from celery.app.task import Context
 from celery.signals import before_task_publish
 
-from queueing import claims, workflow
+from queueing import sweep, workflow
 from queueing.models import FailedJob
 from tests import workflow_tasks as wt
 
@@ -91,7 +91,7 @@ def test_the_sweep_sends_the_stored_call_again_under_the_original_id(
 ) -> None:
     job = make_failed_job(task_name="tests.workflow_tasks.step", args=["k", "second"], options=STORED)
 
-    assert claims.sweep(now=now).sent == 1
+    assert sweep.sweep(now=now).sent == 1
 
     [message] = published
     headers, (args, _kwargs, embed) = message["headers"], message["body"]
@@ -114,7 +114,7 @@ def test_a_row_stored_before_workflows_were_kept_is_sent_as_before(
 ) -> None:
     make_failed_job(options={"priority": 5})
 
-    assert claims.sweep(now=now).sent == 1
+    assert sweep.sweep(now=now).sent == 1
 
     [message] = published
     assert message["body"][2]["callbacks"] is None and message["body"][2]["errbacks"] is None
@@ -127,7 +127,7 @@ def test_a_job_whose_call_expired_is_dead_with_that_reason_and_never_sent(
     job = make_failed_job(options={"expires": (now - timedelta(seconds=1)).isoformat()})
     later = make_failed_job(options={"expires": (now + timedelta(hours=1)).isoformat()})
 
-    assert claims.sweep(now=now).sent == 1
+    assert sweep.sweep(now=now).sent == 1
 
     assert [m["headers"]["id"] for m in published] == [later.origin_task_id]
     job.refresh_from_db()
@@ -181,12 +181,12 @@ def test_a_job_whose_last_retry_vanished_tells_its_workflow_once(
         options=WITH_ERRBACK,
     )
 
-    claims.sweep(now=now)
+    sweep.sweep(now=now)
 
     job.refresh_from_db()
     assert job.status == Status.DEAD
     assert _errbacks(published) == [[job.origin_task_id, "k"]]
-    assert claims.sweep(now=now).sent == 0
+    assert sweep.sweep(now=now).sent == 0
     assert len(_errbacks(published)) == 1
 
 
@@ -208,7 +208,7 @@ def test_a_job_still_to_be_retried_tells_its_workflow_nothing(
 ) -> None:
     job = make_failed_job(task_name="tests.workflow_tasks.step", args=["k", "x"], options=WITH_ERRBACK)
 
-    claims.sweep(now=now)
+    sweep.sweep(now=now)
 
     assert _errbacks(published) == []
     assert [m["headers"]["id"] for m in published] == [job.origin_task_id]

@@ -19,7 +19,7 @@ from celery.result import AsyncResult
 from django.conf import settings
 from django.utils import timezone
 
-from queueing import claims, operations
+from queueing import operations, sweep
 from queueing.models import FailedJob
 from tests import workflow_tasks as wt
 from tests.conftest import wait_for
@@ -117,7 +117,7 @@ def test_a_chain_whose_middle_link_fails_through_an_outage_goes_on_once_after_th
     assert not AsyncResult(last_id, app=results).ready()
 
     # When the sweep re-sends it while the outage lasts, it fails again: still pending
-    assert claims.sweep().sent == 1
+    assert sweep.sweep().sent == 1
     _settled(middle_id, retry_count=1, status=Status.FAILED)
     _quiet()
     assert _list(f"steps:{key}") == ["first"]
@@ -125,7 +125,7 @@ def test_a_chain_whose_middle_link_fails_through_an_outage_goes_on_once_after_th
 
     # When the service is back and the sweep re-sends it
     outage.end(key, "second")
-    assert claims.sweep().sent == 1
+    assert sweep.sweep().sent == 1
 
     # Then the chain goes on from the middle link: the third link runs once, after the recovery
     assert AsyncResult(last_id, app=results).get(timeout=20) == "third"
@@ -160,7 +160,7 @@ def test_a_chord_whose_header_task_fails_and_is_retried_fires_its_body_once(
 
     # When the service is back and the sweep re-sends the header task
     outage.end(key, "b")
-    assert claims.sweep().sent == 1
+    assert sweep.sweep().sent == 1
 
     # Then the chord counts the part and fires its body once, with both results
     assert body.get(timeout=20) == ["a", "b"]
@@ -203,7 +203,7 @@ def test_a_group_waits_for_its_retried_member_and_gets_every_result(
     assert not members.ready()
 
     outage.end(key, "b")
-    assert claims.sweep().sent == 1
+    assert sweep.sweep().sent == 1
 
     assert members.get(timeout=20) == ["a", "b"]
 
@@ -225,7 +225,7 @@ def test_a_callback_runs_once_after_the_recovery_never_while_the_job_is_pending(
 
     # When the service is back and the sweep re-sends the call
     outage.end(key, "send")
-    assert claims.sweep().sent == 1
+    assert sweep.sweep().sent == 1
 
     # Then the callback runs once, after the call
     wait_for(lambda: len(_list(f"steps:{key}")) == 2, what="the call and its callback")
@@ -252,7 +252,7 @@ def test_an_error_callback_runs_only_when_the_job_dies(
     assert not AsyncResult(origin.id, app=results).ready()
 
     # When its one automatic retry fails too, so that it is dead
-    assert claims.sweep().sent == 1
+    assert sweep.sweep().sent == 1
     job = _settled(origin.id, retry_count=1, status=Status.DEAD)
 
     # Then the error callback runs, once, for the original call, and the result is failed with the last error
@@ -311,7 +311,7 @@ def test_the_original_id_gives_the_result_of_the_clone(results: Celery, celery_w
     assert not origin.ready()
 
     outage.end(key, "describe")
-    assert claims.sweep().sent == 1
+    assert sweep.sweep().sent == 1
 
     # The caller's AsyncResult (the original id) gets the clone's result; the clone was the same call
     seen = origin.get(timeout=20)
@@ -340,7 +340,7 @@ def test_an_expired_job_is_not_sent_again_and_ends_with_that_reason(
 
     # When the sweep runs after the call's deadline
     outage.end(key, "late")
-    outcome = claims.sweep(now=deadline + timedelta(seconds=1))
+    outcome = sweep.sweep(now=deadline + timedelta(seconds=1))
 
     # Then the job is not sent: it is dead, expired, its retry given back, and its workflow failed
     assert outcome.sent == 0

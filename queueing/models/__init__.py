@@ -46,7 +46,7 @@ policy (``retry_policy=``, the queue's default, the kind an exception class decl
    clone does nothing. A second copy of the same message (same claim, same retry number) is refused while
    the process that marked it is alive, or on another host (that one's lease takes it back, step 6); the
    clone's next immediate retry, or a copy whose marking process on this host died, takes the mark over.
-   The clone has its own immediate retries (step 1). [``start_clone``, ``held_by_another_copy``]
+   The clone has its own immediate retries (step 1). [``start_clone``, ``runners.held_by_another_copy``]
 5. The clone succeeds: ``resolved``, ``resolved_at``. It fails for good: the same row (never a second one)
    goes back to ``failed`` with a new ``next_retry_at``, or to ``dead`` (``dead_at``) once
    ``retry_count >= MAX_RETRIES`` or when it had been ``dead`` before the operator's retry. A clone the
@@ -77,8 +77,22 @@ from typing import Any
 from django.db import models
 from django.db.models import Q
 
-from queueing import breaker, policy
+from queueing import policy
 from queueing.jsoncodec import NulSafeDecoder, NulSafeEncoder
+from queueing.models.gating import FailureGroup, QueuePause
+from queueing.models.operator_state import AlertState, AutoRetryConfig, BulkOperation
+
+__all__ = [
+    "HISTORY_MAX_EVENTS",
+    "PRUNABLE_STATUSES",
+    "AlertState",
+    "AutoRetryConfig",
+    "BulkOperation",
+    "FailedJob",
+    "FailedJobQuerySet",
+    "FailureGroup",
+    "QueuePause",
+]
 
 #: Most events kept in ``FailedJob.history``.
 HISTORY_MAX_EVENTS = 50
@@ -294,144 +308,3 @@ PRUNABLE_STATUSES: dict[str, str] = {
     FailedJob.Status.DISCARDED: "discarded_at",
     FailedJob.Status.DEAD: "dead_at",
 }
-
-
-class AutoRetryConfig(models.Model):
-    """Changes made to the automatic retry policy while the system runs (``start_auto_retry``).
-
-    A single row. An empty field means "as in settings". The sweep and the failure recorder read it each
-    time, so a change takes effect without a restart.
-    """
-
-    max_retries = models.PositiveIntegerField(null=True, blank=True)
-    retry_delay_seconds = models.FloatField(null=True, blank=True)
-    check_interval_seconds = models.PositiveIntegerField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        verbose_name = "auto-retry configuration"
-        constraints = [models.CheckConstraint(condition=Q(id=1), name="queueing_autoretryconfig_single_row")]
-
-    def __str__(self) -> str:
-        return "auto-retry configuration"
-
-
-class AlertState(models.Model):
-    """Whether the alert on one queue's figure is firing (``queueing/alerts.py``). One row per (queue, metric).
-
-    Rows flip with a conditional ``UPDATE … WHERE firing = <old value>``: of two sweeps that see the same
-    crossing, one changes the row and sends the alert; the other changes nothing and sends nothing.
-    """
-
-    class Metric(models.TextChoices):
-        FAILED = "failed", "Failed jobs"
-        DEAD = "dead", "Dead jobs"
-
-    queue = models.CharField(max_length=200)
-    metric = models.CharField(max_length=16, choices=Metric.choices)
-    firing = models.BooleanField(default=False)
-    value = models.PositiveIntegerField(default=0, help_text="The count when the state last changed.")
-    threshold = models.PositiveIntegerField(default=0, help_text="The threshold in force at that change.")
-    changed_at = models.DateTimeField()
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["queue", "metric"], name="queueing_alertstate_queue_metric_unique"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.queue} {self.metric}: {'firing' if self.firing else 'ok'}"
-
-
-class FailureGroup(models.Model):
-    """Failures with the same cause (one fingerprint: task, exception class, normalised message), and the
-    circuit breaker that decides when the sweep may send its jobs again (``queueing/breaker.py`` tells the
-    states; ``queueing/groups.py`` changes them, each with one conditional ``UPDATE``).
-    """
-
-    class State(models.TextChoices):
-        CLOSED = breaker.State.CLOSED.value, "Closed"
-        OPEN = breaker.State.OPEN.value, "Open"
-        PROBING = breaker.State.PROBING.value, "Probing"
-
-    fingerprint = models.CharField(max_length=64, unique=True)
-    task_name = models.CharField(max_length=255)
-    exception_class = models.CharField(max_length=255)
-    message_pattern = models.TextField(help_text="The message with numbers, ids, URLs and quoted values normalised.")
-    queue = models.CharField(max_length=200, help_text="The queue of its first failure.")
-    failure_count = models.PositiveIntegerField(default=0, help_text="Failures recorded with this fingerprint.")
-    first_seen_at = models.DateTimeField()
-    last_seen_at = models.DateTimeField()
-
-    state = models.CharField(max_length=16, choices=State.choices, default=State.CLOSED)
-    level = models.PositiveIntegerField(default=0, help_text="Failed probes in a row.")
-    wave = models.PositiveIntegerField(default=0, help_text="Waves released since the group closed.")
-    open_until = models.DateTimeField(null=True, blank=True, help_text="Open or probing until then.")
-    wave_released_at = models.DateTimeField(null=True, blank=True)
-    probe_token = models.UUIDField(null=True, blank=True, help_text="The claim token of the latest canaries.")
-    probes = models.PositiveIntegerField(default=0, help_text="Probes sent.")
-    state_changed_at = models.DateTimeField()
-    paused_at = models.DateTimeField(
-        null=True, blank=True, help_text="Automatic retries of this group paused since then (empty: not paused)."
-    )
-
-    class Meta:
-        ordering = ["-last_seen_at", "-id"]
-        indexes = [models.Index(fields=["state", "open_until"], name="queueing_group_state_idx")]
-
-    def __str__(self) -> str:
-        return f"{self.task_name}: {self.exception_class.rsplit('.', 1)[-1]}: {self.message_pattern[:80]}"
-
-    def as_breaker(self) -> breaker.Breaker:
-        return breaker.Breaker(
-            state=breaker.State(self.state),
-            level=self.level,
-            wave=self.wave,
-            open_until=self.open_until,
-            wave_released_at=self.wave_released_at,
-        )
-
-
-class QueuePause(models.Model):
-    """Automatic retries of one queue paused (``pause_auto_retry``); normal processing goes on. One row per queue."""
-
-    queue = models.CharField(max_length=200, unique=True)
-    paused_at = models.DateTimeField()
-    reason = models.CharField(max_length=500, blank=True)
-
-    def __str__(self) -> str:
-        return f"{self.queue}: automatic retries paused"
-
-
-class BulkOperation(models.Model):
-    """A bulk retry too large to answer at once, run in the background (``queueing/bulkops.py``).
-
-    Its row is where its progress is read (``GET /api/queue/operations/<id>``, the admin): ``queued`` when
-    asked for, ``running`` with ``sent`` of ``total`` growing batch after batch, then ``done`` with its report
-    (what was not sent and why) or ``failed`` with the error.
-    """
-
-    class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
-
-    kind = models.CharField(max_length=32, default="retry")
-    selection = models.JSONField(default=dict, help_text="Which jobs: queue, task name, exception class.")
-    rate_per_second = models.FloatField(null=True, blank=True, help_text="Most jobs sent per second; none: no limit.")
-    requested_by = models.CharField(max_length=200, blank=True)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
-    total = models.PositiveIntegerField(default=0)
-    sent = models.PositiveIntegerField(default=0)
-    report = models.JSONField(default=dict, blank=True, help_text="What was sent, not sent and why (when done).")
-    error = models.TextField(blank=True)
-    created_at = models.DateTimeField()
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-id"]
-
-    def __str__(self) -> str:
-        return f"bulk {self.kind} #{self.pk}: {self.state}, {self.sent} of {self.total} sent"
