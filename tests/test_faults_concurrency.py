@@ -115,12 +115,12 @@ def test_f14_an_operator_the_api_and_the_sweep_racing_on_the_same_rows_claim_eac
         assert response.status_code == 200, response.content
         return int(response.json()["retried"])
 
-    def sweep() -> int:
+    def sweeper() -> int:
         start.wait()
         return sweep.sweep().sent
 
     # When the three claim the same 300 due rows at the same moment
-    sent = _in_threads(operator, api, sweep)
+    sent = _in_threads(operator, api, sweeper)
 
     # Then every row was claimed and sent exactly once, by one of them
     assert sum(sent) == 300, sent

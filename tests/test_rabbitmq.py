@@ -31,7 +31,7 @@ from queueing.status import broker as status_broker
 from queueing.status.broker import AmqpBroker, Unavailable
 from tests import tasks
 from tests.conftest import broker_is_amqp, free_port, stop, wait_for
-from tests.test_admin import _run_action, _staff, _status
+from tests.test_admin import OPERATOR_VERBS, _run_action, _staff, _status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,7 +92,7 @@ def test_an_operators_retry_from_the_admin_goes_through_rabbitmq_and_resolves_th
     # Given a failed job of a task that now succeeds, and an operator
     job = make_failed_job(task_name="tests.tasks.succeed", args=["admin-on-rabbitmq"])
     operator = Client()
-    operator.force_login(_staff("operator", "view_failedjob", "change_failedjob"))
+    operator.force_login(_staff("operator", "view_failedjob", *OPERATOR_VERBS))
 
     # When the operator picks "Retry selected now" and confirms
     _run_action(operator, "retry_selected", [job])
