@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from queueing import operator_verbs
+from queueing import lifecycle
 from queueing.claims import ClaimedBy, claim, mark_unknown_tasks_dead, publish, require_autocommit
 from queueing.conf import get_settings
 from queueing.models import FailedJob, FailedJobQuerySet
@@ -171,7 +171,7 @@ def retry_now(
         after_id = batch[-1]
         claimed = claim(candidates.filter(pk__in=batch), now=now, claimed_by=ClaimedBy.OPERATOR, limit=limit)
         if actor and claimed:
-            operator_verbs.note_retry_requested(claimed, now=now, actor=actor)
+            lifecycle.note_retry_requested(claimed, now=now, actor=actor)
         result = publish(claimed, now=now)
         retried_ids += result.sent_ids
         unsendable += result.unsendable
@@ -202,7 +202,7 @@ def discard(
     """Give up on failed or dead jobs (final). Returns the ids of the jobs discarded; others are left alone."""
     now = now or timezone.now()
     allowed: list[str] = [Status.FAILED, Status.DEAD]
-    return _each_allowed(ids, allowed=allowed, verb=operator_verbs.discard, now=now, text=reason, actor=actor)
+    return _each_allowed(ids, allowed=allowed, verb=lifecycle.discard, now=now, text=reason, actor=actor)
 
 
 def discard_group(*, group: int, now: datetime | None = None, reason: str = "") -> list[int]:
@@ -216,7 +216,7 @@ def mark_dead(
 ) -> list[int]:
     """Stop automatic retries of failed jobs. Returns the ids of the jobs that became dead; others are left alone."""
     now = now or timezone.now()
-    return _each_allowed(ids, allowed=[Status.FAILED], verb=operator_verbs.mark_dead, now=now, text=reason, actor=actor)
+    return _each_allowed(ids, allowed=[Status.FAILED], verb=lifecycle.mark_dead, now=now, text=reason, actor=actor)
 
 
 def _each_allowed(

@@ -15,9 +15,10 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from queueing import groups, lifecycle, runners
+from queueing import groups, lifecycle
 from queueing.autoretry import current_policy
 from queueing.conf import get_settings
+from queueing.lifecycle import runners
 from queueing.models import FailedJob
 from queueing.policy import ClassifiedError, ErrorKind
 

@@ -213,7 +213,13 @@ def replay(*, use_broker: bool = True) -> ReplayResult:
                 path = _take(path, directory)
             for key, value in _replay_file(path, directory, use_broker=use_broker).items():
                 totals[key] += value
-    result = ReplayResult(**totals)  # type: ignore[arg-type]
+    result = ReplayResult(
+        recorded=totals["recorded"],
+        handed_to_broker=totals["handed_to_broker"],
+        already_recorded=totals["already_recorded"],
+        left=totals["left"],
+        corrupt=totals["corrupt"],
+    )
     if result.recorded or result.handed_to_broker or result.left or result.corrupt:
         logger.warning(
             "spool %s: %s recorded, %s handed to the broker, %s already recorded, %s still spooled, %s corrupt",

@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
         "errors",
         "retry_queues",
     },
-    {"lifecycle", "runners", "operator_verbs"},
+    {"lifecycle"},
     {
         "operations",
         "claims",

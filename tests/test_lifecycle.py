@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.apps import apps
 
-from queueing import lifecycle, operator_verbs
+from queueing import lifecycle
 from queueing.exceptions import InvalidTransition
 from queueing.models import FailedJob
 from queueing.policy import RetryPolicy
@@ -26,10 +26,10 @@ def unsaved(status: str, **fields: Any) -> FailedJob:
 @pytest.mark.parametrize(
     ("status", "verb"),
     [
-        (Status.RESOLVED, lambda job, now: operator_verbs.discard(job, now=now, text="x")),
-        (Status.DISCARDED, lambda job, now: operator_verbs.discard(job, now=now, text="x")),
-        (Status.DEAD, lambda job, now: operator_verbs.mark_dead(job, now=now, text="x")),
-        (Status.RETRYING, lambda job, now: operator_verbs.mark_dead(job, now=now, text="x")),
+        (Status.RESOLVED, lambda job, now: lifecycle.discard(job, now=now, text="x")),
+        (Status.DISCARDED, lambda job, now: lifecycle.discard(job, now=now, text="x")),
+        (Status.DEAD, lambda job, now: lifecycle.mark_dead(job, now=now, text="x")),
+        (Status.RETRYING, lambda job, now: lifecycle.mark_dead(job, now=now, text="x")),
         (Status.FAILED, lambda job, now: lifecycle.resolve(job, task_id="t", now=now)),
         (Status.DEAD, lambda job, now: lifecycle.start_clone(job, task_id="t", now=now, lease_seconds=60)),
         (Status.FAILED, lambda job, now: lifecycle.expire_lease(job, now=now, policy=POLICY)),
@@ -73,7 +73,7 @@ def test_a_verb_writes_only_its_own_fields_so_a_concurrent_change_elsewhere_surv
     FailedJob.objects.filter(pk=job.pk).update(exception_message="newer error", attempts=9)
 
     # When the verb saves the stale instance
-    operator_verbs.discard(job, now=now, text="not needed any more")
+    lifecycle.discard(job, now=now, text="not needed any more")
 
     # Then its own fields are written, and the worker's change is kept
     job.refresh_from_db()
@@ -84,7 +84,7 @@ def test_a_verb_writes_only_its_own_fields_so_a_concurrent_change_elsewhere_surv
 @pytest.mark.django_db
 def test_every_transition_sets_the_coded_reason_beside_the_sentence(make_failed_job: Any, now: datetime) -> None:
     marked = make_failed_job()
-    operator_verbs.mark_dead(marked, now=now, text="broken")
+    lifecycle.mark_dead(marked, now=now, text="broken")
     unknown = make_failed_job(task_name="tests.tasks.gone")
     lifecycle.mark_unregistered_dead(unknown, now=now)
     permanent = make_failed_job()

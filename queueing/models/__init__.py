@@ -1,7 +1,7 @@
 """Failed jobs and their lifecycle.
 
 How a job moves between states (``FailedJob.Status``), and what each transition writes. Each move is
-written once, as a verb in ``queueing/lifecycle.py`` (named in brackets); the verb saves only the fields it
+written once, as a verb in ``queueing/lifecycle/`` (named in brackets); the verb saves only the fields it
 changes, sets the coded reason (``reason_code``, a ``FailedJob.Reason``) beside the human ``status_reason``,
 and raises ``InvalidTransition`` for a move this story does not allow. Where a failing job goes (``failed`` or
 ``dead``, and why) is decided by the pure ``queueing/policy.py``.

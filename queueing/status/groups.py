@@ -33,7 +33,7 @@ class GroupFigures:
     exception_class: str
     message_pattern: str
     queue: str
-    state: str
+    state: breaker.State
     state_text: str  # "open until …", "closed (wave 2)"
     open_until: datetime | None
     level: int
@@ -79,7 +79,7 @@ def _figures(group: FailureGroup, jobs: dict[str, int]) -> GroupFigures:
         exception_class=group.exception_class,
         message_pattern=group.message_pattern,
         queue=group.queue,
-        state=group.state,
+        state=breaker.State(group.state),
         state_text=breaker.describe(group.as_breaker()),
         open_until=group.open_until,
         level=group.level,

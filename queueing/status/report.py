@@ -197,7 +197,7 @@ def group_out(group: GroupFigures) -> GroupOut:
         exceptionClass=group.exception_class,
         messagePattern=group.message_pattern,
         queue=group.queue,
-        state=group.state,  # type: ignore[arg-type]
+        state=group.state,
         stateText=group.state_text,
         openUntil=_ms(group.open_until),
         failedProbes=group.level,

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from queueing.breaker import State as BreakerState
+
 Figure = Literal["waiting", "active", "completed", "failed", "delayed", "dead"]
 
 
@@ -46,7 +48,7 @@ class GroupOut(BaseModel):
     exceptionClass: str
     messagePattern: str = Field(description="The message with numbers, ids, URLs and quoted values normalised.")
     queue: str = Field(description="The queue of its first failure.")
-    state: Literal["closed", "open", "probing"] = Field(description="The breaker's state.")
+    state: BreakerState = Field(description="The breaker's state.")
     stateText: str = Field(description="The state in words: 'open until …', 'closed (wave 2)'.")
     openUntil: int | None = Field(description="Open or probing until then, ms since the epoch.")
     failedProbes: int = Field(description="Failed probes in a row (the delay doubles with each).")

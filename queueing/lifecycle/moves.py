@@ -1,9 +1,6 @@
-"""The lifecycle verbs: every state change of a ``FailedJob``, each written once.
-
-``models/__init__.py`` tells the story; each verb here names its step. A row verb takes one job (the caller loads it,
-locked or fenced by its claim token), changes it, and saves only the fields it changed; ``claim`` is one
-conditional ``UPDATE`` for many rows. A verb asked for a move the story does not allow raises
-``InvalidTransition``. Where a failing job goes, and why, is ``queueing/policy.py``'s decision.
+"""The moves the system makes (a task fails, the sweep claims, a clone starts and ends, a lease runs out), and the
+checks and saves every verb of this package is built on (``require``, ``save_fields``, ``given_up``: shared with
+``operator.py``, not exported from the package).
 """
 
 from __future__ import annotations
@@ -40,12 +37,12 @@ UNREGISTERED_TASK_REASON = (
 )
 
 
-def _require(job: FailedJob, move: str, allowed: tuple[str, ...]) -> None:
+def require(job: FailedJob, move: str, allowed: tuple[str, ...]) -> None:
     if job.status not in allowed:
         raise InvalidTransition(job.pk, job.status, move, allowed)
 
 
-def _save(job: FailedJob, fields: Iterable[str]) -> None:
+def save_fields(job: FailedJob, fields: Iterable[str]) -> None:
     job.save(update_fields=[*dict.fromkeys(fields), "updated_at"])
 
 
@@ -55,7 +52,7 @@ def _clear_claim(job: FailedJob) -> list[str]:
     return list(NO_CLAIM)
 
 
-def _given_up(job: FailedJob) -> None:
+def given_up(job: FailedJob) -> None:
     """The job ends ``dead`` or ``discarded`` with no call of it running: tell its workflow, after the commit.
 
     (``models/__init__.py``, last paragraph.) A clone that fails for the last time re-raises instead, so ``fail``
@@ -96,7 +93,7 @@ def fail(
     A deferral (the server asked to be called later) gives a sweep's retry back: ``retry_count`` goes down again.
     """
     if job.pk is not None:
-        _require(job, "record a failure of", (Status.FAILED, Status.DEAD, Status.RETRYING))
+        require(job, "record a failure of", (Status.FAILED, Status.DEAD, Status.RETRYING))
     if group is not None:
         job.group = group
     job.exception_class = exception_class
@@ -131,7 +128,7 @@ def fail(
     if job.pk is None:
         job.save()
         return
-    _save(job, [*written, "history", "group", *settled])
+    save_fields(job, [*written, "history", "group", *settled])
 
 
 def _settle(job: FailedJob, verdict: Verdict, *, now: datetime) -> list[str]:
@@ -200,7 +197,7 @@ def give_up(job: FailedJob, *, now: datetime, text: str, reason: Reason = Reason
     was_dead = job.claimed_from == Status.DEAD  # then its workflow was told when it died
     changed = _unclaim(job, now=now, status=Status.DEAD, reason=reason, text=text, dead_at=now, next_retry_at=None)
     if changed and not was_dead:
-        _given_up(job)
+        given_up(job)
     return changed
 
 
@@ -218,7 +215,7 @@ def _unclaim(
     job: FailedJob, *, now: datetime, status: str, reason: Reason | None, text: str, event: str = "", **fields: Any
 ) -> bool:
     """End a claim whose clone never ran, if it is still ours, giving its retry back (the one place that does)."""
-    _require(job, "end the claim of", (Status.RETRYING,))
+    require(job, "end the claim of", (Status.RETRYING,))
     counter = retry_counter(job.claimed_by)
     values: dict[str, Any] = {"status": status, **NO_CLAIM, **fields}
     if reason is not None:
@@ -237,7 +234,7 @@ def _unclaim(
 
 def mark_unregistered_dead(job: FailedJob, *, now: datetime) -> None:
     """Step 3: a ``failed`` or ``dead`` job whose task this project does not register: ``dead``, never sent."""
-    _require(job, "mark unregistered", (Status.FAILED, Status.DEAD))
+    require(job, "mark unregistered", (Status.FAILED, Status.DEAD))
     fields = ["next_retry_at", "status_reason", "reason_code", "history"]
     if job.status == Status.FAILED:
         job.status, job.dead_at = Status.DEAD, now
@@ -246,9 +243,9 @@ def mark_unregistered_dead(job: FailedJob, *, now: datetime) -> None:
     job.status_reason = UNREGISTERED_TASK_REASON.format(name=job.task_name)
     job.reason_code = Reason.UNREGISTERED_TASK
     job.add_event("dead", now, reason=job.status_reason)
-    _save(job, fields)
+    save_fields(job, fields)
     if "dead_at" in fields:
-        _given_up(job)
+        given_up(job)
 
 
 # --- steps 4, 5 and 6: the clone reports, or its lease runs out -----------------------------------------------
@@ -256,19 +253,19 @@ def mark_unregistered_dead(job: FailedJob, *, now: datetime) -> None:
 
 def start_clone(job: FailedJob, *, task_id: str, now: datetime, lease_seconds: float, runner: str = "") -> None:
     """Step 4: a clone starts under its claim: renew its lease, mark the copy running (``runner_mark``)."""
-    _require(job, "start a retry of", (Status.RETRYING,))
+    require(job, "start a retry of", (Status.RETRYING,))
     if job.retry_started_at is None:
         job.add_event("retry_started", now, task_id=task_id, by=job.claimed_by)
     job.retry_started_at = now
     job.lease_expires_at = now + timedelta(seconds=lease_seconds)
     job.latest_task_id = task_id
     job.running_on = runner
-    _save(job, ["retry_started_at", "lease_expires_at", "latest_task_id", "running_on", "history"])
+    save_fields(job, ["retry_started_at", "lease_expires_at", "latest_task_id", "running_on", "history"])
 
 
 def resolve(job: FailedJob, *, task_id: str, now: datetime) -> None:
     """Step 5: a clone succeeded: ``resolved`` (final)."""
-    _require(job, "resolve", (Status.RETRYING,))
+    require(job, "resolve", (Status.RETRYING,))
     job.status = Status.RESOLVED
     job.resolved_at = now
     job.status_reason = ""
@@ -276,7 +273,7 @@ def resolve(job: FailedJob, *, task_id: str, now: datetime) -> None:
     job.latest_task_id = task_id
     job.add_event("resolved", now, task_id=task_id)
     fields = ["status", "resolved_at", "status_reason", "reason_code", "latest_task_id", "history"]
-    _save(job, [*_clear_claim(job), *fields])
+    save_fields(job, [*_clear_claim(job), *fields])
 
 
 def expire_lease(job: FailedJob, *, now: datetime, policy: RetryPolicy) -> str:
@@ -285,7 +282,7 @@ def expire_lease(job: FailedJob, *, now: datetime, policy: RetryPolicy) -> str:
     The clone never started (the publish was lost): the retry was never attempted and is given back. It
     started and vanished (its worker died): that retry is used up (``use_up``).
     """
-    _require(job, "expire the lease of", (Status.RETRYING,))
+    require(job, "expire the lease of", (Status.RETRYING,))
     if job.retry_started_at is not None:
         return use_up(job, now=now, policy=policy)
     text = "lease expired before the retry started (publish lost?); the retry was given back"
@@ -297,16 +294,16 @@ def expire_lease(job: FailedJob, *, now: datetime, policy: RetryPolicy) -> str:
 
 def use_up(job: FailedJob, *, now: datetime, policy: RetryPolicy) -> str:
     """Step 6: a clone started and never reported back: its retry is used up; settle as in step 5."""
-    _require(job, "use up the retry of", (Status.RETRYING,))
+    require(job, "use up the retry of", (Status.RETRYING,))
     started = job.retry_started_at.isoformat() if job.retry_started_at else "?"
     verdict = after_lost_clone(
         started_at=started, retry_count=job.retry_count, from_dead=job.claimed_from == Status.DEAD, policy=policy
     )
     was_dead = job.claimed_from == Status.DEAD
     job.add_event("lease_expired", now, reason=verdict.text)
-    _save(job, [*_settle(job, verdict, now=now), "history"])
+    save_fields(job, [*_settle(job, verdict, now=now), "history"])
     if verdict.dead and not was_dead:
-        _given_up(job)
+        given_up(job)
     return verdict.text
 
 
@@ -315,10 +312,10 @@ def expire_age(job: FailedJob, *, now: datetime, max_age_seconds: float) -> None
 
     Its group may have kept it waiting (``queueing/breaker.py``): a job still does not wait forever.
     """
-    _require(job, "expire the age of", (Status.FAILED,))
+    require(job, "expire the age of", (Status.FAILED,))
     hours = max_age_seconds / 3600
     text = f"still failing {hours:g} h after its first failure ({job.first_failed_at.isoformat()}): MAX_AGE reached"
     job.status, job.dead_at, job.next_retry_at = Status.DEAD, now, None
     job.status_reason, job.reason_code = text, Reason.MAX_AGE_EXCEEDED
     job.add_event("dead", now, reason=text)
-    _save(job, ["status", "dead_at", "next_retry_at", "status_reason", "reason_code", "history"])
+    save_fields(job, ["status", "dead_at", "next_retry_at", "status_reason", "reason_code", "history"])
