@@ -180,6 +180,7 @@ class FailedJob(models.Model):
         MAX_AGE_EXCEEDED = policy.Reason.MAX_AGE_EXCEEDED.value, "Too old (MAX_AGE)"
         SERVER_DEFERRED = policy.Reason.SERVER_DEFERRED.value, "Deferred by the server"
         POLICY_DELAY = policy.Reason.POLICY_DELAY.value, "Waiting as the error policy says"
+        UNDECRYPTABLE = policy.Reason.UNDECRYPTABLE.value, "Cannot be decrypted (key lost)"
 
     class ClaimedBy(models.TextChoices):
         SWEEP = "sweep", "Automatic sweep"
