@@ -175,6 +175,8 @@ def publish(
                     queue=send_to(job.queue),
                     headers=headers,
                     producer=producer,
+                    # masked as stored, even if the task no longer names them sensitive
+                    **sensitive.message_reprs(task, job.args, job.kwargs),
                 )
             except (TypeError, ValueError, EncodeError) as exc:
                 # The stored call no longer fits the task (its signature changed) or cannot be encoded:

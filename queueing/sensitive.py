@@ -242,7 +242,7 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 REPR_MAX_CHARS = 1024
 
 
-def message_reprs(task: Any, args: Any, kwargs: Any) -> dict[str, str]:
+def message_reprs(task: Any, args: Any, kwargs: Any) -> dict[str, Any]:
     """``argsrepr`` and ``kwargsrepr`` of a message of ``task`` with the sensitive values masked; ``{}`` if none is.
 
     Celery puts them in the message's headers; the worker's log lines, its events and so Flower show them.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from typing import Any
@@ -129,6 +130,26 @@ def test_secret_values_are_masked_in_error_texts_but_not_very_short_ones() -> No
     text = "refused pin 1234 with token abcd-efgh for 1"
 
     assert sensitive.redact(text, ["1234", "abcd-efgh", "1"]) == "refused pin ******** with token ******** for 1"
+
+
+# --- sent again ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_sends_the_decrypted_value_under_masked_reprs(broker: redis.Redis, make_failed_job: Any) -> None:
+    # Given a row whose argument was stored encrypted (even one the task does not, or no longer, name sensitive)
+    stored = {"key": {sensitive.ENCRYPTED: sensitive.keys().encrypt(b'"clear-value"').decode()}}
+    job = make_failed_job(task_name="tests.tasks.succeed", kwargs=stored)
+
+    # When the sweep sends it again
+    assert sweep.sweep().sent == 1
+
+    # Then the message carries the real value to the worker, its reprs (logs, events, Flower) masked
+    [message] = [json.loads(raw) for raw in broker.lrange("default", 0, -1)]
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert (args, kwargs) == ([], {"key": "clear-value"})
+    assert message["headers"]["kwargsrepr"] == "{'key': '********'}"
+    assert FailedJob.objects.get(pk=job.pk).kwargs == stored
 
 
 # --- a row that no key opens ----------------------------------------------------------------------------------
