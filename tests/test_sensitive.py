@@ -152,6 +152,19 @@ def test_the_sweep_sends_the_decrypted_value_under_masked_reprs(broker: redis.Re
     assert FailedJob.objects.get(pk=job.pk).kwargs == stored
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_secret_in_the_error_is_masked_in_the_stored_message_and_traceback(
+    configure: Any, celery_worker: Any
+) -> None:
+    configure(IMMEDIATE_RETRIES=0)
+
+    result = tasks.use_secrets.delay("k", "1234", 1, token="tok-in-the-error", echo=True)
+
+    job = wait_for(lambda: FailedJob.objects.filter(origin_task_id=result.id).first(), what="the failure recorded")
+    assert job.exception_message == "gateway refused k with token ********"
+    assert "tok-in-the-error" not in job.traceback and "with token ********" in job.traceback
+
+
 # --- a row that no key opens ----------------------------------------------------------------------------------
 
 
