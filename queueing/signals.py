@@ -69,6 +69,9 @@ def _mask_sensitive_reprs(
 
     from queueing import sensitive
 
+    if any(sensitive.MASK in str(headers.get(name)) for name in ("argsrepr", "kwargsrepr")):
+        return  # masked already (RetryableTask.apply_async, the sweep): as the stored call says
+
     task = app_or_default().tasks.get(str(sender))
     headers.update(sensitive.message_reprs(task, body[0], body[1]))
 

@@ -120,8 +120,10 @@ class RetryableTask(Task):
 
     def apply_async(self, args: Any = None, kwargs: Any = None, *more: Any, **options: Any) -> Any:
         """Celery's, with the sensitive arguments masked in the message's ``argsrepr``/``kwargsrepr`` and its
-        ``task-sent`` event (the rest of the message: ``signals._mask_sensitive_reprs``)."""
-        options.update(sensitive.message_reprs(self, args, kwargs))
+        ``task-sent`` event (any other message: ``signals._mask_sensitive_reprs``). Reprs the caller chose (Celery's
+        own way to hide values; the sweep's, masked as the row stores the call) are kept."""
+        if "argsrepr" not in options and "kwargsrepr" not in options:
+            options.update(sensitive.message_reprs(self, args, kwargs))
         return super().apply_async(args, kwargs, *more, **options)
 
     # --- the clone's side of the claim (models/__init__.py, steps 4 and 5) -------------------------------------

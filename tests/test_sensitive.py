@@ -132,6 +132,15 @@ def test_secret_values_are_masked_in_error_texts_but_not_very_short_ones() -> No
     assert sensitive.redact(text, ["1234", "abcd-efgh", "1"]) == "refused pin ******** with token ******** for 1"
 
 
+def test_a_task_sent_by_name_has_its_message_reprs_masked_too(broker: redis.Redis) -> None:
+    # (no RetryableTask.apply_async here: the before_task_publish handler masks the headers)
+    tasks.use_secrets.app.send_task("tests.tasks.use_secrets", args=["k", "1234", 0], kwargs={"token": "tok"})
+
+    [message] = [json.loads(raw) for raw in broker.lrange("default", 0, -1)]
+    assert message["headers"]["argsrepr"] == "('k', '********', 0)"
+    assert message["headers"]["kwargsrepr"] == "{'token': '********'}"
+
+
 # --- sent again ---------------------------------------------------------------------------------------------------
 
 
