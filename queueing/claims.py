@@ -17,7 +17,7 @@ from typing import Any
 from django.db import connection, transaction
 from kombu.exceptions import EncodeError
 
-from queueing import lifecycle, workflow
+from queueing import lifecycle, sensitive, workflow
 from queueing.conf import get_settings
 from queueing.models import FailedJob, FailedJobQuerySet
 from queueing.registry import (
@@ -143,6 +143,12 @@ def publish(
             if (problem := stored_call_problem(job)) is not None:
                 unsendable += _give_up(job, problem, now=now)  # a tampered or corrupted row
                 continue
+            try:
+                # Decrypted only here, for the message: the row keeps its encrypted values (queueing/sensitive.py).
+                args, kwargs, options = (sensitive.reveal(part) for part in (job.args, job.kwargs, job.options))
+            except sensitive.Undecryptable:
+                unsendable += _give_up(job, UNDECRYPTABLE, now=now, reason=FailedJob.Reason.UNDECRYPTABLE)
+                continue
             if workflow.expired(job.options, now=now):
                 lifecycle.expire(job, now=now)
                 logger.warning("job %s: %s", job.pk, job.status_reason)
@@ -151,7 +157,7 @@ def publish(
             # The same Celery call again (queueing/workflow.py): the original id and the rest of the call,
             # plus the claim headers that fence this clone.
             headers: dict[str, Any] = {
-                **workflow.user_headers(job.options),
+                **workflow.user_headers(options),
                 HEADER_JOB_ID: job.pk,
                 HEADER_CLAIM: str(job.claim_token),
                 HEADER_ORIGIN: job.origin_task_id,
@@ -162,13 +168,15 @@ def publish(
                 before_send(job)
             try:
                 task.apply_async(
-                    args=job.args,
-                    kwargs=job.kwargs,
-                    **workflow.send_options(job.options),
+                    args=args,
+                    kwargs=kwargs,
+                    **workflow.send_options(options),
                     task_id=(task_id := job.clone_task_id()),
                     queue=send_to(job.queue),
                     headers=headers,
                     producer=producer,
+                    # masked as stored, even if the task no longer names them sensitive
+                    **sensitive.message_reprs(task, job.args, job.kwargs),
                 )
             except (TypeError, ValueError, EncodeError) as exc:
                 # The stored call no longer fits the task (its signature changed) or cannot be encoded:
@@ -200,9 +208,19 @@ def publish(
     return result
 
 
-def _give_up(job: FailedJob, problem: str, *, now: datetime) -> int:
+#: Why a row whose sensitive arguments no key decrypts is dead, and the fix.
+UNDECRYPTABLE = (
+    "a sensitive argument cannot be decrypted with the keys in force (its key was removed or lost); never sent: "
+    "put that key back in QUEUEING_ENCRYPTION_KEYS (or Django's SECRET_KEY_FALLBACKS if the keys derive from "
+    "SECRET_KEY), then retry the job"
+)
+
+
+def _give_up(
+    job: FailedJob, problem: str, *, now: datetime, reason: FailedJob.Reason = FailedJob.Reason.UNSENDABLE
+) -> int:
     """A claimed job whose stored call cannot be sent: dead with the reason (``lifecycle.give_up``). Returns 1."""
     text = f"the stored call cannot be sent to {job.task_name}: {problem}"[:500]
     logger.error("job %s: %s; marked dead", job.pk, text)
-    lifecycle.give_up(job, now=now, text=text)
+    lifecycle.give_up(job, now=now, text=text, reason=reason)
     return 1

@@ -295,6 +295,21 @@ class QueueingSettings:
         minimum=0.1,
         help="seconds between two replays of the spool in each worker",
     )
+    encryption_keys: tuple[str, ...] = setting(
+        (),
+        key="ENCRYPTION_KEYS",
+        unit="",
+        secret=True,
+        help="Fernet keys (comma-separated in the environment) of sensitive arguments at rest, the first encrypting, "
+        "any decrypting; empty: keys derived from `SECRET_KEY` and `SECRET_KEY_FALLBACKS` (docs/security.md)",
+    )
+    sensitive_arguments: tuple[str, ...] = setting(
+        ("password", "token", "secret", "api_key", "authorization"),
+        key="SENSITIVE_ARGUMENTS",
+        unit="",
+        help="argument names (any case; keys of nested dicts too) stored encrypted and shown masked, "
+        "besides each task's own `sensitive_args` and `sensitive_kwargs`",
+    )
 
     def __post_init__(self) -> None:
         from queueing.throttle import ThrottleSyntaxError, parse_rates
@@ -303,6 +318,9 @@ class QueueingSettings:
             parse_rates(self.throttle)
         except ThrottleSyntaxError as exc:
             raise ImproperlyConfigured(f"QUEUEING THROTTLE: {exc}") from None
+        from queueing.sensitive import check_keys
+
+        check_keys(self.encryption_keys)
 
 
 #: Every setting, in declaration order; the only key list.

@@ -69,6 +69,8 @@ class Reason(StrEnum):
     """Failed: the server asked to be called later (``Retry-After``); due then, no automatic retry used up."""
     POLICY_DELAY = "policy_delay"
     """Failed: the task's error policy gives this kind of error its own wait (e.g. a session not found)."""
+    UNDECRYPTABLE = "undecryptable"
+    """Dead: a sensitive argument of the stored call cannot be decrypted (its key is gone); never sent garbage."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from queueing import groups, lifecycle
+from queueing import groups, lifecycle, sensitive
 from queueing.autoretry import current_policy
 from queueing.conf import get_settings
 from queueing.lifecycle import runners
@@ -35,6 +35,7 @@ class Failure:
     task_id: str
     origin_task_id: str
     queue: str
+    #: As stored: sensitive values encrypted (``sensitive.protect``; ``tasks.failure_of`` does it).
     args: list[Any]
     kwargs: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)
@@ -54,12 +55,15 @@ class Failure:
     pending: bool = False
 
     @classmethod
-    def from_exception(cls, exc: BaseException, *, traceback: str, **fields: Any) -> Failure:
+    def from_exception(
+        cls, exc: BaseException, *, traceback: str, secrets: tuple[str, ...] = (), **fields: Any
+    ) -> Failure:
+        """``secrets``: the call's sensitive values (``sensitive.protect``), masked in the message and traceback."""
         conf = get_settings()
         return cls(
             exception_class=_text(f"{type(exc).__module__}.{type(exc).__qualname__}"),
-            exception_message=_text(str(exc)[: conf.message_max_chars]),
-            traceback=_text((traceback or "")[-conf.traceback_max_chars :]),
+            exception_message=_text(sensitive.redact(str(exc), secrets)[: conf.message_max_chars]),
+            traceback=_text(sensitive.redact(traceback or "", secrets)[-conf.traceback_max_chars :]),
             **fields,
         )
 

@@ -19,7 +19,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import after_task_publish, beat_init, task_failure, task_success, worker_ready
+from celery.signals import (
+    after_task_publish,
+    beat_init,
+    before_task_publish,
+    task_failure,
+    task_success,
+    worker_ready,
+)
 
 from queueing import alerts  # noqa: F401  (registers the ALERT_SINKS system check)
 from queueing.retry_queues import base_queue
@@ -47,6 +54,26 @@ def _replay_the_spool(sender: Any = None, **_: Any) -> None:
     from queueing import spool_replayer, status
 
     spool_replayer.start_replayer(after_each=status.publish_spooled_figure)
+
+
+@before_task_publish.connect
+def _mask_sensitive_reprs(
+    sender: Any = None, body: Any = None, headers: dict[str, Any] | None = None, **_: Any
+) -> None:
+    """Every message's ``argsrepr``/``kwargsrepr`` with its sensitive arguments masked, whatever sent it (a task by
+    name, a canvas, a retry): the worker's log lines, its events and Flower show these (``queueing/sensitive.py``).
+    """
+    if headers is None or "argsrepr" not in headers or not isinstance(body, list | tuple) or len(body) < 2:
+        return  # not a protocol 2 task message
+    from celery.app import app_or_default
+
+    from queueing import sensitive
+
+    if any(sensitive.MASK in str(headers.get(name)) for name in ("argsrepr", "kwargsrepr")):
+        return  # masked already (RetryableTask.apply_async, the sweep): as the stored call says
+
+    task = app_or_default().tasks.get(str(sender))
+    headers.update(sensitive.message_reprs(task, body[0], body[1]))
 
 
 # --- counters ----------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from celery.signals import task_failure
 from django.db import DatabaseError
 from django.utils import timezone
 
-from queueing import backoff, errors, policy, recording, signals, spool, workflow
+from queueing import backoff, errors, policy, recording, sensitive, signals, spool, workflow
 from queueing.conf import get_settings
 from queueing.registry import HEADER_CANARY, HEADER_CLAIM, HEADER_JOB_ID, HEADER_ORIGIN, message_header
 
@@ -36,6 +36,8 @@ class RetryableTask(Task):
     the failure table; ``dont_autoretry_for`` adds exceptions that skip the immediate retries;
     ``retry_policy=`` (an ``ErrorPolicy``, or a function returning one) says what each kind of error gets,
     over the queue's (``QUEUEING["ERROR_POLICIES"]``); ``PermanentError`` is dead at once, the rest transient.
+    ``sensitive_args=(0,)`` and ``sensitive_kwargs=("pin",)`` name arguments stored encrypted and shown masked,
+    besides those named in ``QUEUEING["SENSITIVE_ARGUMENTS"]`` (``queueing/sensitive.py``).
     """
 
     autoretry_for = (Exception,)
@@ -45,6 +47,9 @@ class RetryableTask(Task):
     record_failures = True
     #: This task's error policy (or a function returning it); None: the queue's and the defaults.
     retry_policy: policy.ErrorPolicy | Callable[[], policy.ErrorPolicy] | None = None
+    #: Positions and names of this task's sensitive arguments (``queueing/sensitive.py``).
+    sensitive_args: tuple[int, ...] = ()
+    sensitive_kwargs: tuple[str, ...] = ()
 
     # Celery reads these two for every retry: ``Task.retry()`` (and so ``autoretry_for``) and the retry of a
     # call whose worker process was killed (``task_retry_on_worker_lost``). Computing them here keeps a
@@ -112,6 +117,14 @@ class RetryableTask(Task):
                     raise exc
                 countdown = min(error.delay_seconds, longest)  # the jitter never takes it past BACKOFF_MAX
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, *more: Any, **options: Any) -> Any:
+        """Celery's, with the sensitive arguments masked in the message's ``argsrepr``/``kwargsrepr`` and its
+        ``task-sent`` event (any other message: ``signals._mask_sensitive_reprs``). Reprs the caller chose (Celery's
+        own way to hide values; the sweep's, masked as the row stores the call) are kept."""
+        if "argsrepr" not in options and "kwargsrepr" not in options:
+            options.update(sensitive.message_reprs(self, args, kwargs))
+        return super().apply_async(args, kwargs, *more, **options)
 
     # --- the clone's side of the claim (models/__init__.py, steps 4 and 5) -------------------------------------
 
@@ -214,16 +227,19 @@ def failure_of(
     request = task.request
     claim = claim_headers(request)
     error = errors.classify_safely(task, exc)
+    call = workflow.capture_call(task, request)
+    stored = sensitive.protect(task, list(args or ()), dict(kwargs or {}), call)  # encrypted before it goes on
     return recording.Failure.from_exception(
         exc,
         traceback=traceback,
+        secrets=stored.secrets,
         task_name=task.name,
         task_id=task_id or request.id,
         origin_task_id=origin_task_id(request),
         queue=errors.queue_of(task),
-        args=list(args or ()),
-        kwargs=dict(kwargs or {}),
-        options=workflow.capture_call(task, request),
+        args=stored.args,
+        kwargs=stored.kwargs,
+        options=stored.options,
         attempts=(request.retries or 0) + 1,
         permanent=error.kind is policy.ErrorKind.PERMANENT,
         error_kind=error.kind.value,

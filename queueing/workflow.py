@@ -26,6 +26,8 @@ from celery.app import task as celery_task
 from celery.app.task import Context
 from django.utils.dateparse import parse_datetime
 
+from queueing import sensitive
+
 if TYPE_CHECKING:
     from queueing.models import FailedJob
 
@@ -142,13 +144,21 @@ def has_workflow(options: dict[str, Any]) -> bool:
 
 
 def failure_context(job: FailedJob) -> Context:
-    """The request of the original call, rebuilt from the row, as Celery's result backend reads it."""
+    """The request of the original call, rebuilt from the row, as Celery's result backend reads it.
+
+    The rest of the call (callbacks, chain) is decrypted for the workflow to go on; the call's own sensitive
+    arguments stay masked (the backend may store them: ``result_extended``).
+    """
     options = job.options if isinstance(job.options, dict) else {}
+    try:
+        options = sensitive.reveal(options)
+    except sensitive.Undecryptable:
+        options = sensitive.shown(options)
     return Context(
         id=job.origin_task_id,
         task=job.task_name,
-        args=list(job.args or []),
-        kwargs=dict(job.kwargs or {}),
+        args=list(sensitive.shown(job.args or [])),
+        kwargs=dict(sensitive.shown(job.kwargs or {})),
         root_id=options.get("root_id") or job.origin_task_id,
         parent_id=options.get("parent_id"),
         group=options.get("group_id"),

@@ -70,3 +70,20 @@ def defer_times(key: str, times: int, retry_after_seconds: float) -> str:
         raise TransientError(f"run {runs} of {key}: busy, call again later", retry_after=retry_after_seconds)
     client.rpush(f"done:{key}", runs)
     return "ok"
+
+
+@shared_task(name="tests.tasks.use_secrets", sensitive_args=(1,))
+def use_secrets(
+    key: str, pin: str, fail_runs: int, *, token: str, headers: dict[str, str] | None = None, echo: bool = False
+) -> str:
+    """Note a hash of the secrets this run was given (``pin``: position 1; ``token`` and ``headers.Authorization``
+    by name), then fail the first ``fail_runs`` runs for ``key`` (with a message that holds no secret, unless
+    ``echo``: then the token)."""
+    import hashlib
+
+    client = _redis()
+    seen = "|".join([pin, token, (headers or {}).get("Authorization", "")])
+    client.rpush(f"seen:{key}", hashlib.sha256(seen.encode()).hexdigest())
+    if client.incr(f"runs:{key}") <= fail_runs:
+        raise Boom(f"gateway refused {key}" + (f" with token {token}" if echo else ""))
+    return "ok"

@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
         "broker_checks",
         "errors",
         "retry_queues",
+        "sensitive",
     },
     {"lifecycle"},
     {

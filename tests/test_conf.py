@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ def test_the_dataclass_defaults_are_the_declared_ones() -> None:
     assert [getattr(defaults, declared.field) for declared in conf.SETTINGS] == [d.default for d in conf.SETTINGS]
     assert [f.name for f in dataclasses.fields(QueueingSettings)] == [d.field for d in conf.SETTINGS]
     assert "api_token" not in repr(defaults) and "alert_webhook_url" not in repr(defaults)  # secrets
+    assert "encryption_keys" not in repr(defaults)
 
 
 def other_value(declared: declaration.Setting) -> tuple[str, Any]:
@@ -134,6 +136,9 @@ def other_value(declared: declaration.Setting) -> tuple[str, Any]:
         return str(declared.default + 0.5), declared.default + 0.5
     if declared.key == "THROTTLE":  # its items must be queue=rate
         return "q1=5, q2=0.5", ("q1=5", "q2=0.5")
+    if declared.key == "ENCRYPTION_KEYS":  # its items must be Fernet keys
+        keys = (base64.urlsafe_b64encode(b"1" * 32).decode(), base64.urlsafe_b64encode(b"2" * 32).decode())
+        return f"{keys[0]}, {keys[1]}", keys
     if declared.kind is tuple:
         return "a.Sink, b.Sink", ("a.Sink", "b.Sink")
     return "changed", "changed"

@@ -17,7 +17,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 
-from queueing import autoretry
+from queueing import autoretry, sensitive
 from queueing.admin import display
 from queueing.models import FailedJob
 
@@ -121,15 +121,15 @@ class FailedJobColumns:
 
     @admin.display(description="args")
     def args_json(self, obj: FailedJob) -> SafeString:
-        return display.pretty_json(obj.args)
+        return display.pretty_json(sensitive.shown(obj.args))  # encrypted values masked
 
     @admin.display(description="kwargs")
     def kwargs_json(self, obj: FailedJob) -> SafeString:
-        return display.pretty_json(obj.kwargs)
+        return display.pretty_json(sensitive.shown(obj.kwargs))  # encrypted values masked
 
     @admin.display(description="routing options")
     def options_json(self, obj: FailedJob) -> SafeString:
-        return display.pretty_json(obj.options)
+        return display.pretty_json(sensitive.shown(obj.options))  # encrypted values masked
 
     @admin.display(description="retries")
     def retries(self, obj: FailedJob) -> SafeString:

@@ -34,12 +34,13 @@ policy (``retry_policy=``, the queue's default, the kind an exception class decl
    fresh task call carrying the row id and the claim token in its headers. A row naming a task this
    project does not register is marked ``dead`` with a ``status_reason``, never sent. The clone is the same
    Celery call: the original task id and the rest of the call kept in ``options`` (``queueing/workflow.py``).
-   A claimed row whose call's own ``expires`` has passed, or whose stored call no longer fits its task, is
-   ``dead``, never sent; one the broker refuses goes back to where it was; all three give their retry back.
+   A claimed row whose call's own ``expires`` has passed, whose stored call no longer fits its task, or whose
+   sensitive arguments no key decrypts (``queueing/sensitive.py``) is ``dead``, never sent; one the broker
+   refuses goes back to where it was; all of these give their retry back.
    An operator's retry (admin, API, ``retry_all_failed``) claims ``failed`` and ``dead`` rows the same way
    but counts ``manual_retry_count`` instead: manual retries never use up the automatic ones. [``claim``;
    ``mark_unregistered_dead``, reason ``unregistered_task``; ``expire``, reason ``expired``; ``give_up``,
-   reason ``unsendable``; ``give_back``, reason ``publish_failed``]
+   reason ``unsendable`` or ``undecryptable``; ``give_back``, reason ``publish_failed``]
 4. The clone starts: if the row is still ``retrying`` under its claim token, the lease is renewed
    (``retry_started_at``, ``lease_expires_at = now + LEASE_SECONDS``) and the copy marks itself running
    (``running_on``: host, process id and immediate retry number); if not, the delivery is stale and the
@@ -180,6 +181,7 @@ class FailedJob(models.Model):
         MAX_AGE_EXCEEDED = policy.Reason.MAX_AGE_EXCEEDED.value, "Too old (MAX_AGE)"
         SERVER_DEFERRED = policy.Reason.SERVER_DEFERRED.value, "Deferred by the server"
         POLICY_DELAY = policy.Reason.POLICY_DELAY.value, "Waiting as the error policy says"
+        UNDECRYPTABLE = policy.Reason.UNDECRYPTABLE.value, "Cannot be decrypted (key lost)"
 
     class ClaimedBy(models.TextChoices):
         SWEEP = "sweep", "Automatic sweep"
