@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
     {"lifecycle"},
     {
         "operations",
+        "bulkplan",
         "claims",
         "sweep",
         "recording",

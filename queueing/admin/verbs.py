@@ -20,9 +20,11 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.translation import ngettext
 
-from queueing import autoretry, operations, permissions
+from queueing import autoretry, bulkops, bulkplan, operations, permissions
+from queueing.admin import operations as admin_operations
 from queueing.models import FailedJob
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,14 @@ class Verb:
         """Act on ``ids`` (eligible when read) through ``queueing.operations``; say which ones it changed."""
         raise NotImplementedError
 
+    def dry_run(self, queryset: QuerySet[FailedJob]) -> tuple[bulkplan.GroupPlan, ...]:
+        """What the verb would do per failure group (the confirmation lists it); nothing for most verbs."""
+        return ()
+
+    def in_background(self, eligible: int) -> bool:
+        """Whether ``eligible`` jobs are too many for one request: a background operation acts on them all."""
+        return False
+
 
 @dataclass(frozen=True, kw_only=True)
 class RetryVerb(Verb):
@@ -106,6 +116,12 @@ class RetryVerb(Verb):
 
     def closing(self, changed: int) -> str:
         return " " + self.note() if changed else ""
+
+    def dry_run(self, queryset: QuerySet[FailedJob]) -> tuple[bulkplan.GroupPlan, ...]:
+        return admin_operations.dry_run(queryset)
+
+    def in_background(self, eligible: int) -> bool:
+        return bulkops.in_background(eligible)
 
     def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
         """``operations.retry_now`` on exactly these ids; a phrase for each kind of job it could not send."""
@@ -238,24 +254,63 @@ def left_phrase(n: int) -> str:
     ) % {"n": n, "max": ACTION_MAX_JOBS}
 
 
+#: Why a selected job would not be sent (a retry's dry run, ``bulkplan.REASONS``), singular and plural.
+WOULD_NOT = {
+    "unknownTask": (
+        "%(n)d would not be sent because its task is not registered in this project (it would be marked dead)",
+        "%(n)d would not be sent because their task is not registered in this project (they would be marked dead)",
+    ),
+    "unsendable": (
+        "%(n)d would not be sent because its stored call cannot be sent as it stands (it would be marked dead)",
+        "%(n)d would not be sent because their stored calls cannot be sent as they stand (they would be marked dead)",
+    ),
+    "expired": (
+        "%(n)d would not be sent because its call has expired (it would be marked dead)",
+        "%(n)d would not be sent because their calls have expired (they would be marked dead)",
+    ),
+}
+
+
 def preview(verb: Verb, queryset: QuerySet[FailedJob]) -> dict[str, Any]:
-    """What the verb would do to the selection: for the confirmation page."""
+    """What the verb would do to the selection: for the confirmation page (a retry: its dry run per group)."""
     counts = status_counts(queryset)
     eligible = sum(counts.get(status, 0) for status in verb.eligible)
+    background = verb.in_background(eligible)
+    plans = verb.dry_run(queryset) if eligible else ()
+    would_not = bulkplan.not_sent_total(plans)
+    acting = eligible if background else min(eligible, ACTION_MAX_JOBS)
+    if plans and not background and eligible <= ACTION_MAX_JOBS:
+        acting = sum(plan.would_send for plan in plans)
     return {
         "selected": sum(counts.values()),
         "eligible": eligible,
-        "will_do": plural(verb.will_do, min(eligible, ACTION_MAX_JOBS)),
-        "skipped": skipped_phrases(verb, counts),
-        "left": left_phrase(eligible - ACTION_MAX_JOBS) if eligible > ACTION_MAX_JOBS else "",
+        "will_do": plural(verb.will_do, acting),
+        "skipped": [plural(WOULD_NOT[r], n) for r, n in would_not.items() if n] + skipped_phrases(verb, counts),
+        "left": left_phrase(eligible - ACTION_MAX_JOBS) if eligible > ACTION_MAX_JOBS and not background else "",
+        "background": BACKGROUND % {"max": bulkops.SYNC_MAX_JOBS} if background else "",
+        "groups": [{**plan.as_dict(), "whyNot": plan.why_not()} for plan in plans],
         "note": verb.note(),
     }
 
 
-def perform(verb: Verb, queryset: QuerySet[FailedJob], *, request: HttpRequest) -> Outcome:
-    """Apply ``verb`` to the selection (at most ``ACTION_MAX_JOBS`` of it); the message says what happened to each."""
+BACKGROUND = (
+    "More than %(max)d jobs: they will be sent in the background by a worker, batch after batch; the message "
+    "will link to the operation's progress, and its report will say what was not sent and why."
+)
+
+
+def perform(verb: Verb, queryset: QuerySet[FailedJob], *, request: HttpRequest, filter_text: str = "") -> Outcome:
+    """Apply ``verb`` to the selection (at most ``ACTION_MAX_JOBS`` of it, or all of it in the background when
+    the verb does so); the message says what happened to each, or links to the background operation."""
     counts = status_counts(queryset)
     eligible = sum(counts.get(status, 0) for status in verb.eligible)
+    if verb.in_background(eligible):
+        ids = list(queryset.filter(status__in=verb.eligible).order_by("pk").values_list("pk", flat=True))
+        started = admin_operations.start_in_background(ids, actor=actor_of(request.user), filter_text=filter_text)
+        skipped = skipped_phrases(verb, counts)
+        text = format_html("{}{}.", started, "; " + "; ".join(skipped) if skipped else "")
+        logger.info("admin: %s by %s of %s jobs in the background", verb.key, request.user.get_username(), len(ids))
+        return Outcome(message=text, level=messages.SUCCESS)
     ids = list(queryset.filter(status__in=verb.eligible).order_by("pk").values_list("pk", flat=True)[:ACTION_MAX_JOBS])
     applied = verb.apply(ids, now=timezone.now(), user=request.user) if ids else Applied(changed_ids=(), problems=[])
     done = len(applied.changed_ids)
