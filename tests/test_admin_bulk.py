@@ -118,6 +118,16 @@ def test_the_retry_confirmation_shows_the_dry_run_per_failure_group_before_anyth
     assert broker.llen("default") == 0
     assert set(FailedJob.objects.values_list("status", flat=True)) == {Status.FAILED}
 
+    # When the operator confirms, then the message says what was not sent and why, reason by reason
+    final = _confirm(operator, jobs)
+    [message] = [str(m) for m in get_messages(final.wsgi_request)]
+    assert message.startswith(
+        "2 jobs sent again; 1 not sent because its task is not registered in this project; 1 not sent because the "
+        "stored call no longer fits its task (it is dead now: see its status reason); 1 not sent because its call "
+        "had expired (it is dead now)."
+    )
+    assert broker.llen("default") == 2
+
 
 def test_a_retry_above_the_threshold_runs_in_the_background_and_links_to_its_progress(
     operator: Client,

@@ -126,7 +126,6 @@ class RetryVerb(Verb):
     def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
         """``operations.retry_now`` on exactly these ids; a phrase for each kind of job it could not send."""
         outcome = operations.retry_now(ids=ids, now=now, actor=actor_of(user))
-        left = len(ids) - outcome.retried - outcome.unknown - outcome.unsendable
         reasons = (
             (
                 outcome.unknown,
@@ -141,7 +140,12 @@ class RetryVerb(Verb):
                 "status reason)",
             ),
             (
-                left,
+                outcome.expired,
+                "%(n)d not sent because its call had expired (it is dead now)",
+                "%(n)d not sent because their calls had expired (they are dead now)",
+            ),
+            (
+                len(ids) - outcome.retried - outcome.unknown - outcome.unsendable - outcome.expired,
                 "%(n)d not sent and left as it was (the broker refused a message, the run stopped early, or it "
                 "changed state meanwhile): run the action again",
                 "%(n)d not sent and left as they were (the broker refused a message, the run stopped early, or they "
