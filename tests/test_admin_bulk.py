@@ -66,13 +66,14 @@ def _ask(client: Client, jobs: list[FailedJob], *, select_across: bool = False) 
     )
 
 
-def _confirm(client: Client, jobs: list[FailedJob], *, select_across: bool = False) -> Any:
+def _confirm(client: Client, jobs: list[FailedJob], *, select_across: bool = False, rate: str = "") -> Any:
     return client.post(
         CHANGELIST,
         {
             "action": "retry_selected",
             "_selected_action": [str(job.pk) for job in jobs],
             "select_across": "1" if select_across else "0",
+            "rate_per_second": rate,
             "post": "yes",
         },
     )
@@ -144,7 +145,8 @@ def test_a_retry_above_the_threshold_runs_in_the_background_and_links_to_its_pro
     # When the operator selects them all, is told it will run in the background, and confirms
     confirmation = _ask(operator, jobs[:1], select_across=True)
     assert "they will be sent in the background by a worker" in confirmation.content.decode()
-    final = _confirm(operator, jobs[:1], select_across=True)
+    assert 'name="rate_per_second"' in confirmation.content.decode()
+    final = _confirm(operator, jobs[:1], select_across=True, rate="50")
 
     # Then the message links to the operation, which a worker runs: every job sent once, the gone task's told
     assert final.status_code == 302
@@ -154,6 +156,7 @@ def test_a_retry_above_the_threshold_runs_in_the_background_and_links_to_its_pro
     assert f'<a href="{link}">bulk operation #{operation.pk}</a> shows its progress' in message
     assert message.startswith("4 jobs are being retried in the background (more than 2 at once)")
     assert operation.selection["ids"] == sorted(job.pk for job in jobs)
+    assert operation.rate_per_second == 50
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         operation.refresh_from_db()
@@ -183,3 +186,17 @@ def test_a_retry_at_or_below_the_threshold_is_sent_at_once_without_an_operation(
     assert message.startswith("2 jobs sent again.")
     assert not BulkOperation.objects.exists()
     assert broker.llen("default") == 2
+
+
+def test_the_confirmation_can_throttle_the_retry(
+    operator: Client, make_failed_job: Callable[..., FailedJob], broker: redis.Redis
+) -> None:
+    jobs = [make_failed_job() for _ in range(4)]
+
+    started = time.monotonic()
+    final = _confirm(operator, jobs, rate="10")
+
+    assert time.monotonic() - started >= 0.3  # 4 jobs at 10 a second: one batch a job, each waiting its turn
+    [message] = [str(m) for m in get_messages(final.wsgi_request)]
+    assert message.startswith("4 jobs sent again.")
+    assert broker.llen("default") == 4

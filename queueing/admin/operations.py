@@ -76,10 +76,13 @@ def dry_run(queryset: QuerySet[FailedJob]) -> tuple[bulkplan.GroupPlan, ...]:
     return bulkplan.plan(candidates, now=now, batch_size=get_settings().batch_size)
 
 
-def start_in_background(ids: Sequence[int], *, actor: str, filter_text: str) -> SafeString:
-    """Queue a background retry of these jobs (``bulkops``); the message, linking to its progress."""
+def start_in_background(
+    ids: Sequence[int], *, actor: str, filter_text: str, rate_per_second: float | None = None
+) -> SafeString:
+    """Queue a background retry of these jobs (``bulkops``), at most ``rate_per_second``; the message, linking
+    to its progress."""
     spec = {"ids": list(ids), "adminFilter": filter_text or None}
-    operation = bulkops.start_retry(spec, total=len(ids), requested_by=actor)
+    operation = bulkops.start_retry(spec, total=len(ids), requested_by=actor, rate_per_second=rate_per_second)
     url = reverse("admin:queueing_bulkoperation_change", args=[operation.pk])
     jobs = ngettext("%(n)d job is", "%(n)d jobs are", len(ids)) % {"n": len(ids)}
     return format_html(
@@ -90,3 +93,19 @@ def start_in_background(ids: Sequence[int], *, actor: str, filter_text: str) -> 
         url,
         operation.pk,
     )
+
+
+BACKGROUND = (
+    "More than %(max)d jobs: they will be sent in the background by a worker, batch after batch; the message "
+    "will link to the operation's progress, and its report will say what was not sent and why."
+)
+
+
+def rate_of(request: HttpRequest) -> float | None:
+    """The throttle the confirmation asked for (``rate_per_second``, jobs a second), or ``None`` (none, or not a
+    positive number)."""
+    try:
+        rate = float(request.POST.get("rate_per_second") or 0)
+    except ValueError:
+        return None
+    return rate if 0 < rate < float("inf") else None

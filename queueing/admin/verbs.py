@@ -87,8 +87,9 @@ class Verb:
         """What the message adds after its report (nothing but for a retry)."""
         return ""
 
-    def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
-        """Act on ``ids`` (eligible when read) through ``queueing.operations``; say which ones it changed."""
+    def apply(self, ids: list[int], *, now: datetime, user: User, rate_per_second: float | None = None) -> Applied:
+        """Act on ``ids`` (eligible when read) through ``queueing.operations``; say which ones it changed.
+        ``rate_per_second``: the throttle of a verb that sends (a retry)."""
         raise NotImplementedError
 
     def dry_run(self, queryset: QuerySet[FailedJob]) -> tuple[bulkplan.GroupPlan, ...]:
@@ -123,9 +124,9 @@ class RetryVerb(Verb):
     def in_background(self, eligible: int) -> bool:
         return bulkops.in_background(eligible)
 
-    def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
+    def apply(self, ids: list[int], *, now: datetime, user: User, rate_per_second: float | None = None) -> Applied:
         """``operations.retry_now`` on exactly these ids; a phrase for each kind of job it could not send."""
-        outcome = operations.retry_now(ids=ids, now=now, actor=actor_of(user))
+        outcome = operations.retry_now(ids=ids, now=now, actor=actor_of(user), rate_per_second=rate_per_second)
         reasons = (
             (
                 outcome.unknown,
@@ -164,7 +165,7 @@ class TransitionVerb(Verb):
         """The operation's call; returns the ids it changed."""
         raise NotImplementedError
 
-    def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
+    def apply(self, ids: list[int], *, now: datetime, user: User, rate_per_second: float | None = None) -> Applied:
         changed = self.transition(ids, now=now, user=user)
         unchanged = len(ids) - len(changed)
         meanwhile = (
@@ -291,16 +292,10 @@ def preview(verb: Verb, queryset: QuerySet[FailedJob]) -> dict[str, Any]:
         "will_do": plural(verb.will_do, acting),
         "skipped": [plural(WOULD_NOT[r], n) for r, n in would_not.items() if n] + skipped_phrases(verb, counts),
         "left": left_phrase(eligible - ACTION_MAX_JOBS) if eligible > ACTION_MAX_JOBS and not background else "",
-        "background": BACKGROUND % {"max": bulkops.SYNC_MAX_JOBS} if background else "",
+        "background": admin_operations.BACKGROUND % {"max": bulkops.SYNC_MAX_JOBS} if background else "",
         "groups": [{**plan.as_dict(), "whyNot": plan.why_not()} for plan in plans],
         "note": verb.note(),
     }
-
-
-BACKGROUND = (
-    "More than %(max)d jobs: they will be sent in the background by a worker, batch after batch; the message "
-    "will link to the operation's progress, and its report will say what was not sent and why."
-)
 
 
 def perform(verb: Verb, queryset: QuerySet[FailedJob], *, request: HttpRequest, filter_text: str = "") -> Outcome:
@@ -310,13 +305,23 @@ def perform(verb: Verb, queryset: QuerySet[FailedJob], *, request: HttpRequest, 
     eligible = sum(counts.get(status, 0) for status in verb.eligible)
     if verb.in_background(eligible):
         ids = list(queryset.filter(status__in=verb.eligible).order_by("pk").values_list("pk", flat=True))
-        started = admin_operations.start_in_background(ids, actor=actor_of(request.user), filter_text=filter_text)
+        started = admin_operations.start_in_background(
+            ids,
+            actor=actor_of(request.user),
+            filter_text=filter_text,
+            rate_per_second=admin_operations.rate_of(request),
+        )
         skipped = skipped_phrases(verb, counts)
         text = format_html("{}{}.", started, "; " + "; ".join(skipped) if skipped else "")
         logger.info("admin: %s by %s of %s jobs in the background", verb.key, request.user.get_username(), len(ids))
         return Outcome(message=text, level=messages.SUCCESS)
     ids = list(queryset.filter(status__in=verb.eligible).order_by("pk").values_list("pk", flat=True)[:ACTION_MAX_JOBS])
-    applied = verb.apply(ids, now=timezone.now(), user=request.user) if ids else Applied(changed_ids=(), problems=[])
+    rate = admin_operations.rate_of(request)
+    applied = (
+        verb.apply(ids, now=timezone.now(), user=request.user, rate_per_second=rate)
+        if ids
+        else Applied(changed_ids=(), problems=[])
+    )
     done = len(applied.changed_ids)
     if done:
         log_changes(verb, applied.changed_ids, user=request.user)
