@@ -2,14 +2,19 @@
 
     createdb -h 127.0.0.1 -U postgres h_drain
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/h_drain REDIS_URL=redis://127.0.0.1:6379/3 \
-        .venv/bin/python bench/drain.py --jobs 10000 100000
+        .venv/bin/python bench/drain.py --jobs 10000 100000 --groups none recovered
 
 For each size N: writes N due ``failed`` rows (bulk insert, not timed), then times
 
 - **plain publish**: the same N calls (task, args, queue, task id, headers) sent with ``apply_async`` over one
   producer, in one loop: the broker's publish rate from this process, the ceiling of any re-send;
 - **sweep**: ``sweep.sweep()`` called until nothing is due (each call claims and publishes batch after batch of
-  ``BATCH_SIZE`` within its time budget), and how many calls that took.
+  ``BATCH_SIZE`` within its time budget), and how many calls that took. ``--groups``: the rows in no failure
+  group (``none``: claimed past the breakers, as rows recorded before groups) and/or in one group whose probe
+  has just succeeded (``recovered``: the breaker gate releases its waves, one per Beat round, then the rest).
+  Each call is one Beat round: it is given ``now`` = the start plus one ``CHECK_INTERVAL`` per round before it,
+  so "drained in" is the wall time a Beat would take (the rounds' intervals plus the last round's sending), and
+  "sending" the time spent in the calls.
 
 Nothing consumes the queue (no worker): both measure the sending side only. Prints jobs/second and the ratio.
 It flushes the Redis db it is given and deletes every ``FailedJob`` row of that database: point it at scratch ones.
@@ -23,6 +28,7 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,6 +45,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per size; medians are printed")
     parser.add_argument("--batch-size", type=int, default=None, help="BATCH_SIZE of the sweep (default: setting)")
     parser.add_argument("--budget", type=float, default=None, help="seconds per sweep call (default: SWEEP_BUDGET)")
+    parser.add_argument(
+        "--groups", nargs="+", choices=GROUPINGS, default=["none"], help="the rows' failure group: none, recovered"
+    )
     args = parser.parse_args()
 
     import django
@@ -57,45 +66,84 @@ def main() -> None:
     batch = args.batch_size or get_settings().batch_size
     per_call = args.budget if args.budget is not None else budget(current_policy())
 
+    interval = current_policy().check_interval_seconds
     rows = []
     for n in args.jobs:
-        plain_rates, sweep_rates, calls = [], [], []
-        for _ in range(args.rounds):
-            client.flushdb()
-            plain_rates.append(_plain(n))
-            client.flushdb()
-            rate, sweeps = _sweep(n, batch=batch, budget_seconds=per_call)
-            sweep_rates.append(rate)
-            calls.append(sweeps)
-            if client.llen("drain") != n:
-                raise SystemExit(f"the sweep left {client.llen('drain')} messages on the broker, not {n}")
-        rows.append((n, statistics.median(plain_rates), statistics.median(sweep_rates), max(calls)))
+        for grouping in args.groups:
+            plain_rates, sweeps = [], []
+            for _ in range(args.rounds):
+                client.flushdb()
+                plain_rates.append(_plain(n))
+                client.flushdb()
+                sweeps.append(_sweep(n, batch=batch, budget_seconds=per_call, grouping=grouping, interval=interval))
+                if client.llen(QUEUE) != n:
+                    raise SystemExit(f"the sweep left {client.llen(QUEUE)} messages on the broker, not {n}")
+            sending = statistics.median(s.sending_seconds for s in sweeps)
+            drained = statistics.median(s.drained_seconds for s in sweeps)
+            calls = max(s.calls for s in sweeps)
+            rows.append((n, grouping, statistics.median(plain_rates), n / sending, calls, sending, drained))
     client.flushdb()
 
     engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
-    print(f"database: {engine}; broker: {settings.CELERY_BROKER_URL}; BATCH_SIZE {batch}; budget {per_call:g} s")
-    print(f"{'jobs':>7} {'plain publish/s':>16} {'sweep/s':>8} {'ratio':>6} {'sweep calls':>12} {'drained in':>11}")
-    for n, plain_rate, sweep_rate, sweeps in rows:
+    print(
+        f"database: {engine}; broker: {settings.CELERY_BROKER_URL}; BATCH_SIZE {batch}; budget {per_call:g} s; "
+        f"CHECK_INTERVAL {interval:g} s"
+    )
+    print(
+        f"{'jobs':>7} {'group':>9} {'plain publish/s':>16} {'sweep/s':>8} {'ratio':>6} {'sweep calls':>12}"
+        f" {'sending':>9} {'drained in':>11}"
+    )
+    for n, grouping, plain_rate, sweep_rate, calls, sending, drained in rows:
         print(
-            f"{n:>7} {plain_rate:>16.0f} {sweep_rate:>8.0f} {sweep_rate / plain_rate:>6.2f} {sweeps:>12}"
-            f" {n / sweep_rate:>10.1f}s"
+            f"{n:>7} {grouping:>9} {plain_rate:>16.0f} {sweep_rate:>8.0f} {sweep_rate / plain_rate:>6.2f} {calls:>12}"
+            f" {sending:>8.1f}s {drained:>10.1f}s"
         )
 
 
-def _backlog(n: int) -> list[int]:
-    """N due ``failed`` rows of ``bench.retryable_ok`` on queue ``drain``; returns their ids."""
+#: The queue of the backlog: a declared one (the sweep gives up on a job of a queue no worker declares).
+QUEUE = "default"
+GROUPINGS = ("none", "recovered")
+
+
+@dataclass(frozen=True)
+class Drained:
+    calls: int  # sweep calls: Beat rounds
+    sending_seconds: float  # time spent in the calls
+    drained_seconds: float  # a Beat's wall time: one CHECK_INTERVAL per round before the last, plus the last
+
+
+def _backlog(n: int, grouping: str = "none") -> list[int]:
+    """N due ``failed`` rows of ``bench.retryable_ok`` on ``QUEUE``; returns their ids. ``grouping``
+    ``recovered``: all in one failure group whose probe has just succeeded (closed, no wave sent yet)."""
     from django.utils import timezone
 
-    from queueing.models import FailedJob
+    from queueing.models import FailedJob, FailureGroup
 
     FailedJob.objects.all().delete()
+    FailureGroup.objects.all().delete()
     now = timezone.now()
     past = now - timedelta(minutes=10)
+    group = None
+    if grouping == "recovered":
+        group = FailureGroup.objects.create(
+            fingerprint=uuid.uuid4().hex,
+            task_name="bench.retryable_ok",
+            exception_class="builtins.RuntimeError",
+            message_pattern="boom",
+            queue=QUEUE,
+            failure_count=n,
+            first_seen_at=past,
+            last_seen_at=past,
+            state=FailureGroup.State.CLOSED,
+            state_changed_at=now,
+            probes=1,
+        )
     jobs = [
         FailedJob(
             origin_task_id=str(uuid.uuid4()),
             task_name="bench.retryable_ok",
-            queue="drain",
+            queue=QUEUE,
+            group=group,
             args=[f"drain-{i}"],
             kwargs={},
             exception_class="builtins.RuntimeError",
@@ -126,7 +174,7 @@ def _plain(n: int) -> float:
                 args=[f"drain-{job_id}"],
                 kwargs={},
                 task_id=str(uuid.uuid4()),
-                queue="drain",
+                queue=QUEUE,
                 priority=None,
                 headers={HEADER_JOB_ID: job_id, HEADER_CLAIM: token, HEADER_ORIGIN: str(uuid.uuid4())},
                 producer=producer,
@@ -134,23 +182,30 @@ def _plain(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def _sweep(n: int, *, batch: int, budget_seconds: float) -> tuple[float, int]:
-    """Time ``sweep.sweep()`` calls until nothing is due. Returns (jobs sent per second, sweep calls)."""
+def _sweep(n: int, *, batch: int, budget_seconds: float, grouping: str, interval: float) -> Drained:
+    """Call ``sweep.sweep()``, one call per Beat round, until all N are sent."""
+    from django.utils import timezone
+
     from queueing import sweep
 
-    _backlog(n)
+    _backlog(n, grouping)
     sent = calls = 0
-    started = time.perf_counter()
-    while True:
-        result = sweep.sweep(batch_size=batch, budget_seconds=budget_seconds)
+    sending = last = 0.0
+    start = timezone.now()
+    while sent < n:
+        if calls > 1_000:
+            raise SystemExit(f"the sweep sent {sent} of {n} in {calls} rounds")
+        started = time.perf_counter()
+        result = sweep.sweep(
+            now=start + timedelta(seconds=calls * interval), batch_size=batch, budget_seconds=budget_seconds
+        )
+        last = time.perf_counter() - started
+        sending += last
         calls += 1
         sent += result.sent
-        if result.stopped is not sweep.Stop.BUDGET:
-            break
-    elapsed = time.perf_counter() - started
-    if sent != n:
-        raise SystemExit(f"the sweep sent {sent} of {n} ({result})")
-    return n / elapsed, calls
+        if result.stopped is sweep.Stop.REFUSED:
+            raise SystemExit(f"the broker refused: {result}")
+    return Drained(calls=calls, sending_seconds=sending, drained_seconds=(calls - 1) * interval + last)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ from typing import Any
 
 from django.http import Http404, HttpRequest
 from ninja import Query, Router, Schema
+from ninja.errors import HttpError
 from pydantic import Field
 
-from queueing import bulkops, operations, permissions, status
+from queueing import bulkops, pauses, permissions, status
 from queueing.http import ERRORS, actor, auth, error_responses_openapi
 from queueing.models import BulkOperation
 from queueing.status.schema import StatusOut
@@ -53,20 +54,25 @@ class RetryAllIn(Schema):
     queueName: str = Field(min_length=1, max_length=200)
     taskName: str | None = Field(None, min_length=1, max_length=255, description="Only this task.")
     exceptionClass: str | None = Field(None, min_length=1, max_length=255, description="Only this error class.")
-    dryRun: bool = Field(False, description="Count and group what would be sent; send nothing.")
+    group: int | None = Field(None, ge=1, description="Only this failure group (its id: GET /api/queue/groups).")
+    dryRun: bool = Field(False, description="Send nothing: list per failure group what would be sent and what not.")
     ratePerSecond: float | None = Field(None, gt=0, description="Most jobs sent per second.")
 
 
 class RetryAllOut(Schema):
     success: bool
-    queueName: str
+    queueName: str | None = None
+    group: int | None = None
     total: int
     retried: int
     dryRun: bool | None = Field(None, description="Present (true) for a dry run: nothing was sent.")
+    wouldSend: int | None = Field(None, description="A dry run's jobs that would be sent.")
     notSent: dict[str, int] | None = Field(
-        None, description="Present when some jobs found were not sent: how many per reason."
+        None, description="Present when some jobs found were not sent (a dry run: would not be): how many per reason."
     )
-    groups: list[dict[str, Any]] | None = Field(None, description="A dry run's selection per task and error.")
+    groups: list[dict[str, Any]] | None = Field(
+        None, description="A dry run's selection per failure group: its breaker, what would be sent, what not and why."
+    )
 
 
 class OperationOut(Schema):
@@ -85,7 +91,8 @@ class OperationOut(Schema):
 
 class AcceptedOut(Schema):
     success: bool
-    queueName: str
+    queueName: str | None = None
+    group: int | None = None
     total: int
     operationId: int
     progressUrl: str
@@ -100,42 +107,55 @@ class AcceptedOut(Schema):
     exclude_none=True,
 )
 def retry_all_failed(request: HttpRequest, payload: RetryAllIn) -> Any:
-    """Re-send every failed and dead job of `queueName` (optionally only `taskName` / `exceptionClass`) now,
-    whatever their next retry time; jobs already being retried are left alone. `total`: the jobs found;
-    `retried`: those sent; `notSent`: the others per reason (unknown task, unsendable, refused by the broker,
-    left alone); `dryRun`: count them and list them per group, send nothing. An unknown queue is a 404 listing
-    the known ones.
+    """Re-send every failed and dead job of `queueName` (optionally only `taskName` / `exceptionClass` / failure
+    `group`) now, whatever their next retry time and their group's breaker; jobs already being retried are left
+    alone. `total`: the jobs found; `retried`: those sent; `notSent`: the others per reason (unknown task,
+    unsendable, expired, refused by the broker, left alone); `dryRun`: send nothing, and list per failure group
+    (its breaker state, whether paused) what would be sent and what would not and why. `ratePerSecond`: the
+    throttle. An unknown queue is a 404 listing the known ones, an unknown group a 404.
 
     More than 1,000 jobs run in the background: the answer is a 202 with `operationId` and `progressUrl`
     (`GET /api/queue/operations/{id}`: `sent` of `total`, then the report). Needs a `write` token, or a staff
     session whose user may retry failed jobs.
     """
-    spec = {"queue": payload.queueName, "taskName": payload.taskName, "exceptionClass": payload.exceptionClass}
-    selection = bulkops.selection_of(spec)
-    if not payload.dryRun:
-        found = operations.retry_now(selection=selection, dry_run=True)
-        if found.total > bulkops.SYNC_MAX_JOBS:
-            operation = bulkops.start_retry(
-                spec, total=found.total, requested_by=actor(request), rate_per_second=payload.ratePerSecond
-            )
-            return 202, {
-                "success": True,
-                "queueName": payload.queueName,
-                "total": found.total,
-                "operationId": operation.pk,
-                "progressUrl": f"/api/queue/operations/{operation.pk}",
-            }
-    outcome = operations.retry_now(
-        selection=selection, dry_run=payload.dryRun, rate_per_second=payload.ratePerSecond, actor=actor(request)
+    spec = {
+        "queue": payload.queueName,
+        "taskName": payload.taskName,
+        "exceptionClass": payload.exceptionClass,
+        "group": payload.group,
+    }
+    if payload.group is not None:
+        _known_group(payload.group)
+    asked = bulkops.retry(
+        spec, dry_run=payload.dryRun, rate_per_second=payload.ratePerSecond, requested_by=actor(request)
     )
-    answer = {"success": True, "queueName": payload.queueName, **outcome.as_dict()}
+    return bulk_answer(asked, {"success": True, "queueName": payload.queueName})
+
+
+def bulk_answer(asked: bulkops.Asked, head: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The answer to a bulk retry (``bulkops.retry``): 202 with where to read the progress of one run in the
+    background; else 200 with ``total`` and ``retried`` (the seed's shape when every job found was sent), what
+    was not sent and why beside them, and a dry run's groups."""
+    if asked.operation is not None:
+        operation = asked.operation
+        progress = {"operationId": operation.pk, "progressUrl": f"/api/queue/operations/{operation.pk}"}
+        return 202, {**head, "total": operation.total, **progress}
+    assert asked.outcome is not None
+    outcome = asked.outcome
+    answer = {**head, **outcome.as_dict()}
     report = outcome.report()
-    # The seed's shape when every job found was sent; what was not (and why), or the dry run's groups, beside it.
-    if payload.dryRun:
-        answer |= {"dryRun": True, "groups": report["groups"]}
+    if outcome.dry_run:
+        answer |= {"dryRun": True, "wouldSend": report["wouldSend"], "groups": report["groups"]}
     if any(report["notSent"].values()):
         answer["notSent"] = report["notSent"]
     return 200, answer
+
+
+def _known_group(group_id: int) -> None:
+    try:
+        pauses.get_group(group_id)
+    except pauses.UnknownGroup as exc:
+        raise HttpError(404, str(exc)) from exc
 
 
 @router.get(

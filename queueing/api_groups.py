@@ -19,7 +19,8 @@ from ninja import Query, Router, Schema
 from ninja.errors import HttpError
 from pydantic import BaseModel, Field, model_validator
 
-from queueing import operations, pauses, permissions
+from queueing import bulkops, operations, pauses, permissions
+from queueing.api import AcceptedOut, RetryAllOut, bulk_answer
 from queueing.http import ERRORS, actor, auth, error_responses_openapi
 from queueing.models import FailureGroup
 from queueing.status.groups import group_figures
@@ -62,11 +63,9 @@ class QueuePauseIn(Schema):
     reason: str = Field("", max_length=500)
 
 
-class GroupRetryOut(BaseModel):
-    success: bool
-    group: int
-    total: int
-    retried: int
+class GroupRetryIn(EmptyIn):
+    dryRun: bool = Field(False, description="Send nothing: what would be sent, and what would not and why.")
+    ratePerSecond: float | None = Field(None, gt=0, description="Most jobs sent per second.")
 
 
 class GroupDiscardOut(BaseModel):
@@ -109,15 +108,21 @@ def list_groups(request: HttpRequest, query: Query[GroupsQuery]) -> GroupsOut:
 
 @router.post(
     "/queue/groups/{group_id}/retry",
-    response={200: GroupRetryOut, **ERRORS},
+    response={200: RetryAllOut, 202: AcceptedOut, **ERRORS},
     summary="Re-send every failed and dead job of a group now",
     openapi_extra=OPENAPI,
     auth=auth(Scope.WRITE, permission=f"queueing.{permissions.RETRY}"),
+    exclude_none=True,
 )
-def retry_group(request: HttpRequest, group_id: int, payload: EmptyIn) -> dict[str, Any]:
-    """Re-send every failed and dead job of the group now (an operator's retry: no automatic retry is used)."""
-    outcome = operations.retry_now(group=_group(group_id), actor=actor(request))
-    return {"success": True, "group": group_id, **outcome.as_dict()}
+def retry_group(request: HttpRequest, group_id: int, payload: GroupRetryIn) -> Any:
+    """Re-send every failed and dead job of the group now (an operator's retry: no automatic retry is used,
+    whatever the breaker). As `POST /api/queue/retry-all-failed`: `dryRun`, `ratePerSecond`, `notSent`, and
+    more than 1,000 jobs in the background (202)."""
+    spec = {"group": _group(group_id)}
+    asked = bulkops.retry(
+        spec, dry_run=payload.dryRun, rate_per_second=payload.ratePerSecond, requested_by=actor(request)
+    )
+    return bulk_answer(asked, {"success": True, "group": group_id})
 
 
 @router.post(

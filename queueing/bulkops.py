@@ -10,6 +10,8 @@ after each batch, so that the API answers 202 in milliseconds with where to read
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import shared_task
@@ -18,6 +20,7 @@ from django.utils import timezone
 
 from queueing import operations
 from queueing.models import BulkOperation
+from queueing.registry import validate_queue
 from queueing.tasks import RetryableTask
 
 logger = logging.getLogger(__name__)
@@ -29,11 +32,25 @@ State = BulkOperation.State
 SYNC_MAX_JOBS = 1_000
 
 
+#: Most ids one ``retry_now`` call of an operation takes (an admin selection is stored as its ids): well under
+#: SQLite's limit of variables in one query.
+IDS_PER_CALL = 5_000
+
+
 def selection_of(spec: dict[str, Any]) -> operations.Selection:
-    """The ``Selection`` a stored ``{"queue", "taskName", "exceptionClass"}`` names."""
+    """The ``Selection`` a stored ``{"queue", "taskName", "exceptionClass", "group", "ids"}`` names."""
     return operations.Selection(
-        queue=spec.get("queue"), task_name=spec.get("taskName"), exception_class=spec.get("exceptionClass")
+        queue=spec.get("queue"),
+        task_name=spec.get("taskName"),
+        exception_class=spec.get("exceptionClass"),
+        group=spec.get("group"),
+        ids=spec.get("ids"),
     )
+
+
+def in_background(total: int) -> bool:
+    """Whether a bulk retry of ``total`` jobs runs in the background (the API's and the admin's threshold)."""
+    return total > SYNC_MAX_JOBS
 
 
 def start_retry(
@@ -52,13 +69,48 @@ def start_retry(
     return operation
 
 
+@dataclass(frozen=True)
+class Asked:
+    """What became of a bulk retry asked for: run at once (or a dry run), with its ``outcome``; or ``operation``."""
+
+    outcome: operations.RetryOutcome | None = None
+    operation: BulkOperation | None = None
+
+
+def retry(
+    spec: dict[str, Any], *, dry_run: bool = False, rate_per_second: float | None = None, requested_by: str = ""
+) -> Asked:
+    """A bulk retry of the jobs ``spec`` selects, as the API and the admin ask for it: a dry run, sent at once
+    (up to ``SYNC_MAX_JOBS`` jobs), or a ``BulkOperation`` a worker runs (more)."""
+    selection = selection_of(spec)
+    if not dry_run:
+        validate_queue(selection.queue)
+        total = selection.candidates(timezone.now()).count()
+        if in_background(total):
+            return Asked(
+                operation=start_retry(spec, total=total, requested_by=requested_by, rate_per_second=rate_per_second)
+            )
+    outcome = operations.retry_now(
+        selection=selection, dry_run=dry_run, rate_per_second=rate_per_second, actor=requested_by
+    )
+    return Asked(outcome=outcome)
+
+
+def shown_selection(spec: dict[str, Any]) -> dict[str, Any]:
+    """The stored selection as shown: its filters set, and a list of ids (the admin's) as their number."""
+    shown = {key: value for key, value in spec.items() if value is not None and key != "ids"}
+    if "ids" in spec:
+        shown["jobsSelected"] = len(spec["ids"])
+    return shown
+
+
 def describe(operation: BulkOperation) -> dict[str, Any]:
     """The operation as the API shows it."""
     return {
         "operationId": operation.pk,
         "kind": operation.kind,
         "state": operation.state,
-        "selection": operation.selection,
+        "selection": shown_selection(operation.selection),
         "total": operation.total,
         "sent": operation.sent,
         "report": operation.report or None,
@@ -83,12 +135,7 @@ def run(operation_id: int) -> BulkOperation | None:
         BulkOperation.objects.filter(pk=operation_id).update(sent=sent, total=total)
 
     try:
-        outcome = operations.retry_now(
-            selection=selection_of(operation.selection),
-            rate_per_second=operation.rate_per_second,
-            on_progress=progress,
-            actor=operation.requested_by,
-        )
+        outcome = _retry(operation, progress)
     except Exception as exc:
         BulkOperation.objects.filter(pk=operation_id).update(
             state=State.FAILED, error=repr(exc)[:2000], finished_at=timezone.now()
@@ -104,6 +151,37 @@ def run(operation_id: int) -> BulkOperation | None:
     )
     operation.refresh_from_db()
     return operation
+
+
+def _retry(operation: BulkOperation, progress: Callable[[int, int], None]) -> operations.RetryOutcome:
+    """``retry_now`` on the operation's selection; a list of ids (the admin's) ``IDS_PER_CALL`` at a time."""
+    spec = dict(operation.selection)
+    ids = spec.pop("ids", None)
+    if ids is None:
+        return operations.retry_now(
+            selection=selection_of(spec),
+            rate_per_second=operation.rate_per_second,
+            on_progress=progress,
+            actor=operation.requested_by,
+        )
+    outcomes: list[operations.RetryOutcome] = []
+    for start in range(0, len(ids), IDS_PER_CALL):
+        before = sum(outcome.retried for outcome in outcomes)
+
+        def progress_of_all(sent: int, _found: int, before: int = before) -> None:
+            progress(before + sent, len(ids))
+
+        outcomes.append(
+            operations.retry_now(
+                selection=selection_of({**spec, "ids": ids[start : start + IDS_PER_CALL]}),
+                rate_per_second=operation.rate_per_second,
+                on_progress=progress_of_all,
+                actor=operation.requested_by,
+            )
+        )
+        if outcomes[-1].refused:
+            break  # the broker refuses: stop, as one run does
+    return operations.combined(outcomes)
 
 
 @shared_task(

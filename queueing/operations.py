@@ -10,14 +10,14 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from queueing import lifecycle
+from queueing import bulkplan, lifecycle
 from queueing.claims import ClaimedBy, claim, mark_unknown_tasks_dead, publish, require_autocommit
 from queueing.conf import get_settings
 from queueing.models import FailedJob, FailedJobQuerySet
-from queueing.registry import celery_app, validate_queue
+from queueing.registry import validate_queue
 
 logger = logging.getLogger(__name__)
 
@@ -29,28 +29,6 @@ class OperatorVerb(Protocol):
 
 
 @dataclass(frozen=True)
-class GroupCount:
-    """One group of a bulk retry's selection: the failures of one task with one exception class.
-
-    (Grouped by task and exception class; the failure groups of issue 8 item 4 replace this once they land.)
-    """
-
-    task_name: str
-    exception_class: str
-    jobs: int
-    sendable: bool  # False: the task is not registered here, so none of them would be sent
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "taskName": self.task_name,
-            "exceptionClass": self.exception_class,
-            "jobs": self.jobs,
-            "wouldSend": self.jobs if self.sendable else 0,
-            "notSentBecause": None if self.sendable else "unknown task",
-        }
-
-
-@dataclass(frozen=True)
 class RetryOutcome:
     total: int  # failed and dead jobs found
     retried: int  # sent
@@ -59,8 +37,8 @@ class RetryOutcome:
     refused: int = 0  # not sent: the broker refused; the run stopped there
     expired: int = 0  # not sent: the call's own ``expires`` had passed (now dead)
     retried_ids: tuple[int, ...] = ()  # the ids of the jobs sent (``retried`` of them), in the order sent
-    groups: tuple[GroupCount, ...] = ()  # the selection per group (a dry run lists them; a run too)
-    dry_run: bool = False
+    groups: tuple[bulkplan.GroupPlan, ...] = ()  # a dry run's selection per failure group (``bulkplan``)
+    dry_run: bool = False  # nothing sent: ``unknown``, ``unsendable`` and ``expired`` say what would not be
 
     @property
     def left_alone(self) -> int:
@@ -71,10 +49,12 @@ class RetryOutcome:
         return {"total": self.total, "retried": self.retried}
 
     def report(self) -> dict[str, Any]:
-        """``as_dict()`` and what was not sent and why, per reason, and the selection per group."""
+        """``as_dict()`` and what was not sent and why, per reason (a dry run: what would not be, and what would
+        be: ``wouldSend``), and a dry run's selection per failure group."""
         return {
             **self.as_dict(),
             "dryRun": self.dry_run,
+            **({"wouldSend": self.total - self.unknown - self.unsendable - self.expired} if self.dry_run else {}),
             "notSent": {
                 "unknownTask": self.unknown,
                 "unsendable": self.unsendable,
@@ -86,6 +66,20 @@ class RetryOutcome:
         }
 
 
+def combined(outcomes: Iterable[RetryOutcome]) -> RetryOutcome:
+    """The outcome of several runs of one bulk retry (each on part of its selection), as one."""
+    outcomes = list(outcomes)
+    return RetryOutcome(
+        total=sum(o.total for o in outcomes),
+        retried=sum(o.retried for o in outcomes),
+        unknown=sum(o.unknown for o in outcomes),
+        unsendable=sum(o.unsendable for o in outcomes),
+        refused=sum(o.refused for o in outcomes),
+        expired=sum(o.expired for o in outcomes),
+        retried_ids=tuple(pk for o in outcomes for pk in o.retried_ids),
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Selection:
     """Which failed and dead jobs a bulk retry takes: every filter an operator can set, ANDed; None: any."""
@@ -95,7 +89,7 @@ class Selection:
     task_name: str | None = None
     exception_class: str | None = None
     group: int | None = None  # one failure group (``groups``)
-    where: FailedJobQuerySet | None = None  # e.g. the admin's filtered changelist
+    where: QuerySet[FailedJob] | None = None  # e.g. the admin's filtered changelist
 
     def candidates(self, now: datetime) -> FailedJobQuerySet:
         # Each job at most once per call: one that fails again while this runs has last_failed_at > now, and one
@@ -111,18 +105,6 @@ class Selection:
         if self.where is not None:
             jobs = jobs.filter(pk__in=self.where.order_by().values("pk"))
         return jobs
-
-
-def groups_of(candidates: FailedJobQuerySet) -> tuple[GroupCount, ...]:
-    """The candidates per (task, exception class), largest group first, in one grouped query."""
-    registered = set(celery_app().tasks.keys())
-    rows = (
-        candidates.order_by()
-        .values_list("task_name", "exception_class")
-        .annotate(n=Count("pk"))
-        .order_by("-n", "task_name", "exception_class")
-    )
-    return tuple(GroupCount(task, exc, n, task in registered) for task, exc, n in rows)
 
 
 def retry_now(
@@ -143,7 +125,9 @@ def retry_now(
 
     ``total`` counts the failed and dead jobs found; ``retried`` those sent; the outcome says what was not sent
     and why. Jobs being retried at this moment are left alone. Manual retries do not use up automatic ones
-    (``manual_retry_count`` counts them). ``dry_run``: count and group, send nothing. ``rate_per_second``: at
+    (``manual_retry_count`` counts them), and go whatever the breakers and pauses (those hold back the sweep).
+    ``dry_run``: send nothing; list the selection per failure group, with what would be sent and what would not
+    and why (``bulkplan``). ``rate_per_second``: at
     most that many jobs sent per second (a recovering service). ``on_progress(sent, total)`` after each batch.
     The jobs are read in batches of ``batch_size`` in id order (keyset), so memory and each query stay bounded
     whatever the number of jobs.
@@ -159,7 +143,17 @@ def retry_now(
     candidates = selection.candidates(now)
     total = candidates.count()
     if dry_run:
-        return RetryOutcome(total=total, retried=0, groups=groups_of(candidates), dry_run=True)
+        plans = bulkplan.plan(candidates, now=now, batch_size=get_settings().batch_size)
+        would_not = bulkplan.not_sent_total(plans)
+        return RetryOutcome(
+            total=total,
+            retried=0,
+            unknown=would_not["unknownTask"],
+            unsendable=would_not["unsendable"],
+            expired=would_not["expired"],
+            groups=plans,
+            dry_run=True,
+        )
     unknown = 0
     while marked := mark_unknown_tasks_dead(candidates, now=now, limit=limit):
         unknown += marked

@@ -5,6 +5,7 @@ from queueing.retry import start_auto_retry, get_retry_manager
 start_auto_retry(max_retries=5, retry_delay=600, check_interval=120)   # seconds or timedelta
 get_retry_manager().get_stats()                    # {"whatsapp-send": {"failed": 2, "dead": 0, ...}}
 get_retry_manager().retry_all_failed("whatsapp-send")   # {"total": 2, "retried": 2}
+get_retry_manager().retry_all_failed("whatsapp-send", dry_run=True, report=True)  # and per failure group
 pause_auto_retry("whatsapp-send")                  # the sweep leaves that queue alone; the rest goes on
 resume_auto_retry("whatsapp-send")
 pause_auto_retry(group=7)                          # or one failure group (admin: "Failure groups")
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import timedelta
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -97,10 +99,27 @@ class RetryManager:
         return status.job_counts()
 
     def retry_all_failed(
-        self, queue_name: str | None = None, *, group: int | None = None, dry_run: bool = False
-    ) -> dict[str, int]:
-        """Re-send every failed and dead job of ``queue_name`` (all queues if None; or of one group) now."""
-        return operations.retry_now(queue=queue_name, group=group, dry_run=dry_run, actor="python-api").as_dict()
+        self,
+        queue_name: str | None = None,
+        *,
+        group: int | None = None,
+        task_name: str | None = None,
+        exception_class: str | None = None,
+        dry_run: bool = False,
+        rate_per_second: float | None = None,
+        report: bool = False,
+    ) -> dict[str, Any]:
+        """Re-send every failed and dead job of ``queue_name`` (all queues if None), narrowed to one failure
+        ``group``, ``task_name`` or ``exception_class``, now; at most ``rate_per_second``. ``{"total", "retried"}``;
+        ``report=True``: also what was not sent and why (``notSent``), and a ``dry_run``'s selection per failure
+        group (``groups``: what would be sent, what would not and why; ``operations.RetryOutcome.report``)."""
+        selection = operations.Selection(
+            queue=queue_name, group=group, task_name=task_name, exception_class=exception_class
+        )
+        outcome = operations.retry_now(
+            selection=selection, dry_run=dry_run, rate_per_second=rate_per_second, actor="python-api"
+        )
+        return outcome.report() if report else outcome.as_dict()
 
 
 def get_retry_manager() -> RetryManager:

@@ -73,7 +73,16 @@ def test_groups_are_paused_resumed_retried_and_discarded_from_the_admin(
     group.refresh_from_db()
     assert group.paused_at is not None
     assert "Resumed" in act(operator, "resume_groups", [group.pk]).content.decode()
-    assert "Sent 3 of 3" in act(operator, "retry_groups", [group.pk]).content.decode()
+    confirmation = act(operator, "retry_groups", [group.pk]).content.decode()
+    assert "Dry run, per failure group" in confirmation and f"<td>#{group.pk}</td>" in confirmation
+    assert FailedJob.objects.filter(status=Status.RETRYING).count() == 0  # nothing sent before confirming
+    confirmed = operator.post(
+        reverse("admin:queueing_failuregroup_changelist"),
+        {"action": "retry_groups", "_selected_action": [group.pk], "post": "yes"},
+        follow=True,
+    )
+    assert "3 jobs sent again." in confirmed.content.decode()
+    assert FailedJob.objects.filter(status=Status.RETRYING).count() == 3
 
     FailedJob.objects.update(status=Status.DEAD, claim_token=None)
     assert "Discarded 3 jobs." in act(operator, "discard_groups", [group.pk]).content.decode()

@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"lifecycle"},
     {
         "operations",
+        "bulkplan",
         "claims",
         "sweep",
         "recording",

@@ -153,17 +153,25 @@ def test_a_bulk_retry_costs_a_fixed_number_of_queries_per_batch_not_per_job(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_dry_run_costs_three_queries_whatever_the_number_of_jobs(
-    make_failed_job: Any, django_assert_max_num_queries: Any
+def test_a_dry_run_costs_a_few_queries_and_one_more_per_batch_of_jobs(
+    make_failed_job: Any, configure: Any, django_assert_max_num_queries: Any
 ) -> None:
-    for i in range(30):
-        make_failed_job(queue="default", exception_class=f"app.Error{i % 3}")
+    configure(BATCH_SIZE=10)
+    counts: dict[int, int] = {}
+    for n in (30, 60):
+        FailedJob.objects.all().delete()
+        for i in range(n):
+            make_failed_job(queue="default", exception_class=f"app.Error{i % 3}")
 
-    # The queue check, the count, the grouped count
-    with django_assert_max_num_queries(3):
-        outcome = operations.retry_now(queue="default", dry_run=True)
+        # The queue check, the count, the grouped count, the pauses, and the calls read 10 rows a query
+        with CaptureQueriesContext(connection) as queries:
+            outcome = operations.retry_now(queue="default", dry_run=True)
 
-    assert [group.jobs for group in outcome.groups] == [10, 10, 10]
+        assert [plan.jobs for plan in outcome.groups] == [n // 3] * 3
+        counts[n] = len(queries)
+
+    assert counts[30] <= 4 + 30 // 10 + 1, counts
+    assert counts[60] - counts[30] == 3, counts
 
 
 @pytest.mark.django_db(transaction=True)

@@ -144,7 +144,9 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
             preview = verbs.preview(verb, queryset)
             if preview["eligible"]:
                 return self._confirmation(request, verb, preview, across=request.POST.get("select_across") == "1")
-        outcome = verbs.perform(verb, queryset, request=request)
+        across = request.POST.get("select_across") == "1"
+        filter_text = self._describe_filter(request).strip(" ()") if across else ""
+        outcome = verbs.perform(verb, queryset, request=request, filter_text=filter_text)
         self.message_user(request, outcome.message, outcome.level)
         return None
 

@@ -9,18 +9,21 @@ commands do. A paused queue is a row of ``QueuePause``: add one to pause, delete
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
+from django.contrib.admin import helpers
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
 from queueing import breaker, operations, pauses, permissions
-from queueing.admin import display
+from queueing.admin import display, verbs
 from queueing.exceptions import UnknownQueue
 from queueing.models import FailedJob, FailureGroup, QueuePause
 from queueing.registry import validate_queue
@@ -39,6 +42,10 @@ class OperateMixin:
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """Pause and resume (a group, or a queue: adding or deleting its pause)."""
         return request.user.has_perm(f"queueing.{permissions.PAUSE}")
+
+
+#: The failed-jobs console's retry, run from the groups' list on the selected groups' jobs.
+GROUP_RETRY = replace(verbs.RETRY, action="retry_groups", title="Retry the selected groups' jobs now")
 
 
 @admin.register(FailureGroup)
@@ -122,13 +129,31 @@ class FailureGroupAdmin(OperateMixin, admin.ModelAdmin):
 
     # -- verbs ------------------------------------------------------------------------------------------
 
-    @admin.action(description="Retry the selected groups' failed and dead jobs now", permissions=["retry"])
-    def retry_groups(self, request: HttpRequest, queryset: QuerySet[FailureGroup]) -> None:
-        sent = found = 0
-        for group_id in queryset.values_list("pk", flat=True):
-            outcome = operations.retry_now(group=group_id, actor=f"user:{request.user.get_username()}")
-            sent, found = sent + outcome.retried, found + outcome.total
-        self.message_user(request, f"Sent {sent} of {found} failed or dead job(s) again.", messages.SUCCESS)
+    @admin.action(description=GROUP_RETRY.title, permissions=["retry"])
+    def retry_groups(self, request: HttpRequest, queryset: QuerySet[FailureGroup]) -> HttpResponse | None:
+        """The groups' failed and dead jobs, as the failed-jobs console's retry does them (``verbs.RETRY``):
+        confirmed first with the dry run per group, above 1,000 jobs a background operation."""
+        jobs = FailedJob.objects.filter(group__in=queryset.values("pk"))
+        if request.POST.get("post") != "yes":
+            preview = verbs.preview(GROUP_RETRY, jobs)
+            if preview["eligible"]:
+                context = {
+                    **self.admin_site.each_context(request),
+                    "title": f"{GROUP_RETRY.title}?",
+                    "opts": self.opts,
+                    "verb": GROUP_RETRY,
+                    "scope": ngettext("The %(n)d selected group.", "The %(n)d selected groups.", queryset.count())
+                    % {"n": queryset.count()},
+                    "preview": preview,
+                    "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                    "selected_ids": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+                    "select_across": request.POST.get("select_across", "0"),
+                }
+                request.current_app = self.admin_site.name
+                return TemplateResponse(request, "admin/queueing/failedjob/action_confirmation.html", context)
+        outcome = verbs.perform(GROUP_RETRY, jobs, request=request)
+        self.message_user(request, outcome.message, outcome.level)
+        return None
 
     @admin.action(description="Discard the selected groups' failed and dead jobs", permissions=["discard"])
     def discard_groups(self, request: HttpRequest, queryset: QuerySet[FailureGroup]) -> None:

@@ -20,9 +20,11 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.translation import ngettext
 
-from queueing import autoretry, operations, permissions
+from queueing import autoretry, bulkops, bulkplan, operations, permissions
+from queueing.admin import operations as admin_operations
 from queueing.models import FailedJob
 
 logger = logging.getLogger(__name__)
@@ -85,9 +87,18 @@ class Verb:
         """What the message adds after its report (nothing but for a retry)."""
         return ""
 
-    def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
-        """Act on ``ids`` (eligible when read) through ``queueing.operations``; say which ones it changed."""
+    def apply(self, ids: list[int], *, now: datetime, user: User, rate_per_second: float | None = None) -> Applied:
+        """Act on ``ids`` (eligible when read) through ``queueing.operations``; say which ones it changed.
+        ``rate_per_second``: the throttle of a verb that sends (a retry)."""
         raise NotImplementedError
+
+    def dry_run(self, queryset: QuerySet[FailedJob]) -> tuple[bulkplan.GroupPlan, ...]:
+        """What the verb would do per failure group (the confirmation lists it); nothing for most verbs."""
+        return ()
+
+    def in_background(self, eligible: int) -> bool:
+        """Whether ``eligible`` jobs are too many for one request: a background operation acts on them all."""
+        return False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,10 +118,15 @@ class RetryVerb(Verb):
     def closing(self, changed: int) -> str:
         return " " + self.note() if changed else ""
 
-    def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
+    def dry_run(self, queryset: QuerySet[FailedJob]) -> tuple[bulkplan.GroupPlan, ...]:
+        return admin_operations.dry_run(queryset)
+
+    def in_background(self, eligible: int) -> bool:
+        return bulkops.in_background(eligible)
+
+    def apply(self, ids: list[int], *, now: datetime, user: User, rate_per_second: float | None = None) -> Applied:
         """``operations.retry_now`` on exactly these ids; a phrase for each kind of job it could not send."""
-        outcome = operations.retry_now(ids=ids, now=now, actor=actor_of(user))
-        left = len(ids) - outcome.retried - outcome.unknown - outcome.unsendable
+        outcome = operations.retry_now(ids=ids, now=now, actor=actor_of(user), rate_per_second=rate_per_second)
         reasons = (
             (
                 outcome.unknown,
@@ -125,7 +141,12 @@ class RetryVerb(Verb):
                 "status reason)",
             ),
             (
-                left,
+                outcome.expired,
+                "%(n)d not sent because its call had expired (it is dead now)",
+                "%(n)d not sent because their calls had expired (they are dead now)",
+            ),
+            (
+                len(ids) - outcome.retried - outcome.unknown - outcome.unsendable - outcome.expired,
                 "%(n)d not sent and left as it was (the broker refused a message, the run stopped early, or it "
                 "changed state meanwhile): run the action again",
                 "%(n)d not sent and left as they were (the broker refused a message, the run stopped early, or they "
@@ -144,7 +165,7 @@ class TransitionVerb(Verb):
         """The operation's call; returns the ids it changed."""
         raise NotImplementedError
 
-    def apply(self, ids: list[int], *, now: datetime, user: User) -> Applied:
+    def apply(self, ids: list[int], *, now: datetime, user: User, rate_per_second: float | None = None) -> Applied:
         changed = self.transition(ids, now=now, user=user)
         unchanged = len(ids) - len(changed)
         meanwhile = (
@@ -238,26 +259,69 @@ def left_phrase(n: int) -> str:
     ) % {"n": n, "max": ACTION_MAX_JOBS}
 
 
+#: Why a selected job would not be sent (a retry's dry run, ``bulkplan.REASONS``), singular and plural.
+WOULD_NOT = {
+    "unknownTask": (
+        "%(n)d would not be sent because its task is not registered in this project (it would be marked dead)",
+        "%(n)d would not be sent because their task is not registered in this project (they would be marked dead)",
+    ),
+    "unsendable": (
+        "%(n)d would not be sent because its stored call cannot be sent as it stands (it would be marked dead)",
+        "%(n)d would not be sent because their stored calls cannot be sent as they stand (they would be marked dead)",
+    ),
+    "expired": (
+        "%(n)d would not be sent because its call has expired (it would be marked dead)",
+        "%(n)d would not be sent because their calls have expired (they would be marked dead)",
+    ),
+}
+
+
 def preview(verb: Verb, queryset: QuerySet[FailedJob]) -> dict[str, Any]:
-    """What the verb would do to the selection: for the confirmation page."""
+    """What the verb would do to the selection: for the confirmation page (a retry: its dry run per group)."""
     counts = status_counts(queryset)
     eligible = sum(counts.get(status, 0) for status in verb.eligible)
+    background = verb.in_background(eligible)
+    plans = verb.dry_run(queryset) if eligible else ()
+    would_not = bulkplan.not_sent_total(plans)
+    acting = eligible if background else min(eligible, ACTION_MAX_JOBS)
+    if plans and not background and eligible <= ACTION_MAX_JOBS:
+        acting = sum(plan.would_send for plan in plans)
     return {
         "selected": sum(counts.values()),
         "eligible": eligible,
-        "will_do": plural(verb.will_do, min(eligible, ACTION_MAX_JOBS)),
-        "skipped": skipped_phrases(verb, counts),
-        "left": left_phrase(eligible - ACTION_MAX_JOBS) if eligible > ACTION_MAX_JOBS else "",
+        "will_do": plural(verb.will_do, acting),
+        "skipped": [plural(WOULD_NOT[r], n) for r, n in would_not.items() if n] + skipped_phrases(verb, counts),
+        "left": left_phrase(eligible - ACTION_MAX_JOBS) if eligible > ACTION_MAX_JOBS and not background else "",
+        "background": admin_operations.BACKGROUND % {"max": bulkops.SYNC_MAX_JOBS} if background else "",
+        "groups": [{**plan.as_dict(), "whyNot": plan.why_not()} for plan in plans],
         "note": verb.note(),
     }
 
 
-def perform(verb: Verb, queryset: QuerySet[FailedJob], *, request: HttpRequest) -> Outcome:
-    """Apply ``verb`` to the selection (at most ``ACTION_MAX_JOBS`` of it); the message says what happened to each."""
+def perform(verb: Verb, queryset: QuerySet[FailedJob], *, request: HttpRequest, filter_text: str = "") -> Outcome:
+    """Apply ``verb`` to the selection (at most ``ACTION_MAX_JOBS`` of it, or all of it in the background when
+    the verb does so); the message says what happened to each, or links to the background operation."""
     counts = status_counts(queryset)
     eligible = sum(counts.get(status, 0) for status in verb.eligible)
+    if verb.in_background(eligible):
+        ids = list(queryset.filter(status__in=verb.eligible).order_by("pk").values_list("pk", flat=True))
+        started = admin_operations.start_in_background(
+            ids,
+            actor=actor_of(request.user),
+            filter_text=filter_text,
+            rate_per_second=admin_operations.rate_of(request),
+        )
+        skipped = skipped_phrases(verb, counts)
+        text = format_html("{}{}.", started, "; " + "; ".join(skipped) if skipped else "")
+        logger.info("admin: %s by %s of %s jobs in the background", verb.key, request.user.get_username(), len(ids))
+        return Outcome(message=text, level=messages.SUCCESS)
     ids = list(queryset.filter(status__in=verb.eligible).order_by("pk").values_list("pk", flat=True)[:ACTION_MAX_JOBS])
-    applied = verb.apply(ids, now=timezone.now(), user=request.user) if ids else Applied(changed_ids=(), problems=[])
+    rate = admin_operations.rate_of(request)
+    applied = (
+        verb.apply(ids, now=timezone.now(), user=request.user, rate_per_second=rate)
+        if ids
+        else Applied(changed_ids=(), problems=[])
+    )
     done = len(applied.changed_ids)
     if done:
         log_changes(verb, applied.changed_ids, user=request.user)

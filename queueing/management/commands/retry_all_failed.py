@@ -10,16 +10,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from queueing import operations, pauses
+from queueing import bulkplan, operations, pauses
 from queueing.exceptions import UnknownQueue
-
-REASONS = {
-    "unknownTask": "their task is not registered in this project (marked dead with the reason)",
-    "unsendable": "their stored call no longer fits their task (now dead: see the status reason)",
-    "refused": "the broker refused them (the run stopped there; run it again)",
-    "expired": "their call's own expiry had passed (now dead)",
-    "leftAlone": "they changed state meanwhile",
-}
 
 
 class Command(BaseCommand):
@@ -33,7 +25,9 @@ class Command(BaseCommand):
         parser.add_argument("--task", help="only this task (its full name)")
         parser.add_argument("--exception", help="only this error class (its full name)")
         parser.add_argument(
-            "--dry-run", action="store_true", help="count what would be sent, per task and error; send nothing"
+            "--dry-run",
+            action="store_true",
+            help="send nothing: list per failure group what would be sent, what not and why",
         )
         parser.add_argument("--rate", type=float, help="at most this many jobs sent per second")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar (one is shown on a terminal)")
@@ -81,18 +75,22 @@ class Command(BaseCommand):
             if value is not None
         )
         where = where or "all queues"
+        report = outcome.report()
         if dry_run:
-            self.stdout.write(f"{where}: found {outcome.total} failed or dead job(s); dry run, none sent")
-            for found in outcome.groups:
-                would = "would be sent" if found.sendable else "would NOT be sent: unknown task"
-                self.stdout.write(f"  {found.jobs:>7}  {found.task_name}  {found.exception_class}  ({would})")
-            return
-        self.stdout.write(
-            self.style.SUCCESS(f"{where}: found {outcome.total} failed or dead job(s), sent {outcome.retried}")
-        )
-        for key, count in outcome.report()["notSent"].items():
+            self.stdout.write(
+                f"{where}: found {outcome.total} failed or dead job(s); dry run, none sent; "
+                f"{report['wouldSend']} would be sent"
+            )
+            for plan in outcome.groups:
+                self.stdout.write(f"  {plan.describe()}")
+        else:
+            self.stdout.write(
+                self.style.SUCCESS(f"{where}: found {outcome.total} failed or dead job(s), sent {outcome.retried}")
+            )
+        verb = "would not be sent" if dry_run else "not sent"
+        for key, count in report["notSent"].items():
             if count:
-                self.stdout.write(self.style.WARNING(f"  {count} not sent because {REASONS[key]}"))
+                self.stdout.write(self.style.WARNING(f"  {count} {verb} because {bulkplan.REASON_TEXT[key]}"))
 
 
 def actor() -> str:
