@@ -7,7 +7,7 @@ and whether its automatic retries are paused, how many jobs would be sent, and h
 
 - ``unknownTask``: the task is not registered in this project (a run marks them dead with the reason);
 - ``unsendable``: the stored call cannot be sent as it stands: a corrupted row, an undeclared queue, arguments
-  that no longer fit the task's signature (a run marks them dead);
+  that no longer fit the task's signature, sensitive arguments no key in force decrypts (a run marks them dead);
 - ``expired``: the call's own ``expires`` has passed (a run marks them dead, never sent).
 
 What a dry run cannot know: whether the broker will refuse a message (``refused`` in a run's report) or a job
@@ -28,7 +28,7 @@ from typing import Any
 from celery import Task
 from django.db.models import Count
 
-from queueing import breaker, workflow
+from queueing import breaker, sensitive, workflow
 from queueing.models import FailedJob, FailedJobQuerySet, FailureGroup, QueuePause
 from queueing.registry import registered_task, resendable_task_names, stored_call_problem
 
@@ -159,7 +159,7 @@ def _calls(candidates: FailedJobQuerySet, *, batch_size: int) -> Iterator[Failed
 
 def _problem(job: FailedJob, *, now: datetime) -> str | None:
     """Why a run would not send this job of a registered task (as ``claims.publish`` checks), or ``None``."""
-    if stored_call_problem(job) is not None:
+    if stored_call_problem(job) is not None or not _decryptable(job):
         return "unsendable"
     if workflow.expired(job.options, now=now):
         return "expired"
@@ -167,6 +167,17 @@ def _problem(job: FailedJob, *, now: datetime) -> str | None:
     if task is not None and not _fits(task, job.args, job.kwargs):
         return "unsendable"
     return None
+
+
+def _decryptable(job: FailedJob) -> bool:
+    """Whether the keys in force open every encrypted value of the stored call (``queueing/sensitive.py``)."""
+    try:
+        for part in (job.args, job.kwargs, job.options):
+            if sensitive.is_encrypted(part):
+                sensitive.reveal(part)
+    except sensitive.Undecryptable:
+        return False
+    return True
 
 
 def _fits(task: Task, args: list[Any], kwargs: dict[str, Any]) -> bool:

@@ -191,9 +191,12 @@ def test_a_row_whose_key_is_lost_is_dead_with_the_fix_and_never_sent(
 
     # When that key is removed, and the sweep and then an operator try to send it again
     configure(ENCRYPTION_KEYS=[NEW_KEY], IMMEDIATE_RETRIES=0)
+    planned = operations.retry_now(ids=[job.pk], dry_run=True).report()
     outcome = sweep.sweep()
 
-    # Then it is dead with the reason and the fix, and never sent (no run, nothing on the broker)
+    # Then an operator's dry run had said it would not be sent, and it is dead with the reason and the fix, and
+    # never sent (no run, nothing on the broker)
+    assert (planned["wouldSend"], planned["notSent"]["unsendable"]) == (0, 1)
     job.refresh_from_db()
     assert (outcome.claimed, outcome.sent) == (1, 0)
     assert (job.status, job.reason_code) == (Status.DEAD, FailedJob.Reason.UNDECRYPTABLE)
