@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from queueing import operations, pauses
 from queueing.exceptions import UnknownQueue
+from queueing.management.terminal import printable
 
 REASONS = {
     "unknownTask": "their task is not registered in this project (marked dead with the reason)",
@@ -85,7 +86,9 @@ class Command(BaseCommand):
             self.stdout.write(f"{where}: found {outcome.total} failed or dead job(s); dry run, none sent")
             for found in outcome.groups:
                 would = "would be sent" if found.sendable else "would NOT be sent: unknown task"
-                self.stdout.write(f"  {found.jobs:>7}  {found.task_name}  {found.exception_class}  ({would})")
+                self.stdout.write(
+                    f"  {found.jobs:>7}  {printable(found.task_name)}  {printable(found.exception_class)}  ({would})"
+                )
             return
         self.stdout.write(
             self.style.SUCCESS(f"{where}: found {outcome.total} failed or dead job(s), sent {outcome.retried}")
