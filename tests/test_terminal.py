@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from io import StringIO
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import redis
 from django.core.management import call_command
 
-from queueing.management.terminal import printable
+from queueing.management.terminal import printable, printable_json
 from tests.test_groups import record
 
 #: Clear the screen, go back to the start of the line, a hyperlink, a bell, a C1 CSI, a right-to-left override.
@@ -42,6 +43,17 @@ def test_printable_keeps_a_plain_newline_only_when_asked() -> None:
     assert printable("line 1\nline 2") == "line 1\\nline 2"
 
 
+def test_printable_json_is_the_same_json_with_nothing_raw_a_terminal_would_obey() -> None:
+    value = {"message": f"{ESCAPES}\x7f\x85 ünïcode 🙂", "n": 1}
+    text = json.dumps(value, ensure_ascii=False)
+
+    shown = printable_json(text)
+
+    assert json.loads(shown) == value
+    assert no_control_characters(shown), repr(shown)
+    assert "ünïcode 🙂" in shown
+
+
 @pytest.mark.django_db(transaction=True)
 def test_check_queue_prints_a_stored_error_message_with_its_escapes_shown(
     configure: Any, broker: redis.Redis, now: datetime
@@ -60,6 +72,13 @@ def test_check_queue_prints_a_stored_error_message_with_its_escapes_shown(
     assert "Failure groups:" in text
     assert "gateway answered \\x1b[<n>J \\x1b]<n>;;<url>" in text  # the group's pattern: numbers and URLs masked
     assert no_control_characters(text), repr(text)
+
+    # And its JSON carries the message exactly, in escapes a terminal does not obey
+    out = StringIO()
+    call_command("check_queue", "--json", stdout=out)
+    assert no_control_characters(out.getvalue())
+    [failure, *_] = json.loads(out.getvalue())["queues"]["default"]["recentFailed"]
+    assert ESCAPES in failure["failedReason"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -14,6 +14,7 @@ import re
 #: Besides the C0 controls (below): DEL and the C1 controls, and the invisible marks that reorder or hide text
 #: (zero-width characters, bidi marks, overrides and isolates, the byte-order mark).
 _INVISIBLE = "\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+_INVISIBLE_CHARACTER = re.compile(f"[{_INVISIBLE}]")
 _UNSAFE_CHARACTER = re.compile(f"[\x00-\x1f{_INVISIBLE}]")
 _UNSAFE_BUT_NEWLINE = re.compile(f"[\x00-\x09\x0b-\x1f{_INVISIBLE}]")
 
@@ -30,3 +31,10 @@ def printable(value: object, *, keep_newlines: bool = False) -> str:
     """
     pattern = _UNSAFE_BUT_NEWLINE if keep_newlines else _UNSAFE_CHARACTER
     return pattern.sub(_escaped, str(value))
+
+
+def printable_json(text: str) -> str:
+    """JSON text made by ``json.dumps(..., ensure_ascii=False)``, which leaves DEL, the C1 controls and the
+    invisible marks raw (it escapes only the C0 controls): each written ``\\uXXXX``. The same JSON, safe to print.
+    """
+    return _INVISIBLE_CHARACTER.sub(lambda match: f"\\u{ord(match.group()):04x}", text)

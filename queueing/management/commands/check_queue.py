@@ -36,7 +36,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from queueing import registry, status
 from queueing.exceptions import UnknownQueue
-from queueing.management.terminal import printable
+from queueing.management.terminal import printable, printable_json
 
 WARNING_MARK = "⚠"
 
@@ -58,7 +58,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if as_json:
             answer = report.to_schema().model_dump(mode="json")  # the API's schema, declared once
-            self.stdout.write(json.dumps(answer, indent=2, ensure_ascii=False))
+            self.stdout.write(printable_json(json.dumps(answer, indent=2, ensure_ascii=False)))
             return
         blocks = [self._block(figures) for figures in report.queues.values()]
         if report.groups:
