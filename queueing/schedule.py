@@ -111,8 +111,9 @@ def ensure_sweep_schedule_after_migrate(**kwargs: Any) -> None:
 
 
 def prepare_beat() -> None:
-    """At a Beat's start (``beat_init``, after ``signals.py`` has ensured the sweep's schedule): ensure the
-    prune's, then mark the schedule changed, so that this Beat reads it all again at its first tick.
+    """At a Beat's start (``beat_init``; ``signals.py`` ensures the sweep's schedule there too): ensure the
+    prune's, then mark the schedule changed, so that this Beat reads it all again at its first tick, which comes
+    after every ``beat_init`` handler, whatever their order.
 
     django-celery-beat's ``DatabaseScheduler`` reads the schedule, and only then takes the time of the last
     change (``PeriodicTasks``) as the mark it compares with at each tick; Celery makes the scheduler before it
