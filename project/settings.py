@@ -228,6 +228,10 @@ CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True  # the FailedJob row is the record
 # A call whose worker process is killed is retried like a failure, then recorded (queueing/tasks.py).
 CELERY_TASK_RETRY_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A pool child whose resident memory passed this many KiB (kibibytes) is replaced after its current task
+# (the task ends first: nothing is lost or run twice; docs/reliability.md, F11). 0: never replaced for memory.
+_WORKER_MAX_MEMORY_PER_CHILD_KIB = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=512_000)
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = _WORKER_MAX_MEMORY_PER_CHILD_KIB or None
 # Celery's Django fix-up closes the database connection before and after every task unless this is set; it
 # then closes it every 1,000 tasks and project/celery.py drops it when unusable or older than WORKER_CONN_MAX_AGE.
 CELERY_DB_REUSE_MAX = 1_000 if WORKER_CONN_MAX_AGE else None

@@ -15,9 +15,12 @@ at once and a running retry never to lose its claim:
 on it: Django's system checks (``manage.py`` commands, ``runserver``, ``migrate``) and the start of a Celery
 worker or Beat (which do not run Django's checks).
 
-More than one Beat sending the sweep is detected and warned about: each Beat keeps a heartbeat key in the
-broker's Redis (``BEAT_KEY_PREFIX``, expiring after ``BEAT_HEARTBEAT_TTL_SECONDS``) and, on each beat, looks for
-another; the first sight of another logs one WARNING naming both.
+More than one Beat sending the sweep is detected and warned about, whatever the broker: each Beat keeps a
+heartbeat key in the status Redis (the broker's own when the broker is Redis, Sentinel included; beside RabbitMQ
+or another broker, the Redis of ``REDIS_URL``: ``status.broker_redis``) under ``BEAT_KEY_PREFIX``, expiring after
+``BEAT_HEARTBEAT_TTL_SECONDS``, and, on each beat, looks for another; the first sight of another logs one WARNING
+naming both. Without any Redis (another broker and ``REDIS_URL`` empty) the Beat says at start that it cannot
+tell.
 """
 
 from __future__ import annotations
@@ -232,14 +235,14 @@ def _check_at_worker_start(sender: Any = None, **_: Any) -> None:
 @beat_init.connect
 def _check_at_beat_start(sender: Any = None, **_: Any) -> None:
     refuse_to_start_if_unsafe("beat")
-    BeatHeartbeat.start_for_broker()
+    BeatHeartbeat.start_in_status_redis()
 
 
 # --- more than one Beat ---------------------------------------------------------------------------------------
 
 
 class BeatHeartbeat:
-    """This Beat's heartbeat key in the broker's Redis, and a warning when another Beat's key is there too."""
+    """This Beat's heartbeat key in the status Redis, and a warning when another Beat's key is there too."""
 
     def __init__(self, client: Any, *, identity: str | None = None) -> None:
         self.client = client
@@ -248,17 +251,18 @@ class BeatHeartbeat:
         self.warned: set[str] = set()
 
     @classmethod
-    def start_for_broker(cls) -> BeatHeartbeat | None:
-        """Start beating in a daemon thread if the broker is Redis (another broker: no detection, said once)."""
-        import redis
+    def start_in_status_redis(cls) -> BeatHeartbeat | None:
+        """Start beating in a daemon thread, in the status Redis (the broker's, or ``REDIS_URL`` beside RabbitMQ).
 
-        from queueing.registry import celery_app
+        None, said once, when there is no Redis to beat in: a second Beat is then not detected.
+        """
+        from queueing.status import Unavailable, broker_redis
 
-        app = celery_app()
-        if not is_redis_broker(app):
-            logger.info("beat: the broker is not Redis; a second Beat is not detected (run exactly one)")
+        try:
+            client = broker_redis()
+        except Unavailable as exc:
+            logger.warning("beat: a second Beat cannot be detected, run exactly one: %s", exc)
             return None
-        client = redis.Redis.from_url(str(app.conf.broker_url), socket_timeout=2, socket_connect_timeout=2)
         heartbeat = cls(client)
         atexit.register(heartbeat.stop_quietly)  # a Beat started again at once must not see itself as another
         thread = threading.Thread(target=heartbeat.run_forever, name="queueing beat heartbeat", daemon=True)

@@ -19,7 +19,7 @@ from typing import Any
 from celery.signals import beat_init
 from django.db import transaction
 from django.utils import timezone
-from django_celery_beat.models import IntervalSchedule, PeriodicTask
+from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from queueing.conf import get_settings
 from queueing.models import AutoRetryConfig
@@ -110,6 +110,22 @@ def ensure_sweep_schedule_after_migrate(**kwargs: Any) -> None:
     ensure_prune_schedule()
 
 
-@beat_init.connect(weak=False)
-def _schedule_prune_when_beat_starts(sender: Any = None, **_: Any) -> None:
+def prepare_beat() -> None:
+    """At a Beat's start (``beat_init``; ``signals.py`` ensures the sweep's schedule there too): ensure the
+    prune's, then mark the schedule changed, so that this Beat reads it all again at its first tick, which comes
+    after every ``beat_init`` handler, whatever their order.
+
+    django-celery-beat's ``DatabaseScheduler`` reads the schedule, and only then takes the time of the last
+    change (``PeriodicTasks``) as the mark it compares with at each tick; Celery makes the scheduler before it
+    sends ``beat_init``. A change made between that read and that mark is never seen, until the scheduler's
+    forced reload every 5 minutes: another Beat, or an operator, that moved the sweep from 60 s to 1 s in that
+    moment left this Beat sending it every 60 s (docs/reliability.md, F16). Every Beat that runs reloads once
+    (each writes its own pending ``last_run_at`` first); the sweep's claims keep a sweep sent early harmless.
+    """
     ensure_prune_schedule()
+    PeriodicTasks.update_changed()
+
+
+@beat_init.connect(weak=False)
+def _prepare_beat(sender: Any = None, **_: Any) -> None:
+    prepare_beat()

@@ -195,6 +195,22 @@ def test_a_stopped_beat_is_forgotten(broker: redis.Redis) -> None:
     assert 0 < broker.ttl(second.key) <= checks.BEAT_HEARTBEAT_TTL_SECONDS
 
 
+def test_without_a_status_redis_a_beat_says_it_cannot_detect_another(
+    monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    from queueing import status
+
+    def no_redis() -> redis.Redis:
+        raise status.Unavailable("the broker is sqs:// and REDIS_URL is empty: set REDIS_URL")
+
+    monkeypatch.setattr(status, "broker_redis", no_redis)
+
+    with caplog.at_level(logging.WARNING, logger="queueing.checks"):
+        assert checks.BeatHeartbeat.start_in_status_redis() is None
+
+    assert "a second Beat cannot be detected, run exactly one: the broker is sqs://" in caplog.text
+
+
 @pytest.mark.slow
 def test_two_real_beats_log_one_warning_naming_both(
     subprocess_env: dict[str, str], tmp_path: Any, transactional_db: None

@@ -4,14 +4,20 @@
   (``task_acks_late``), a killed worker's call retried (``task_retry_on_worker_lost``);
 - the Redis visibility timeout, two hours: far above the hard time limit plus the longest countdown;
 - JSON only: no pickle is ever accepted (CVE-2021-23727 is one reason among several);
-- a task that overran its soft time limit is not retried at once (it may still be running: a "doom spiral").
+- a task that overran its soft time limit is not retried at once (it may still be running: a "doom spiral");
+- a pool child grown past 500 MB (``worker_max_memory_per_child``) is replaced after its task, not killed by the
+  kernel in the middle of one.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from typing import Any
 
+import pytest
 import redis
 from celery import Celery, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -20,7 +26,7 @@ from django.conf import settings
 from queueing import checks
 from queueing.models import FailedJob
 from queueing.tasks import RetryableTask
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 
 
 @shared_task(name="tests.test_safe_settings.overran_soft_limit")
@@ -33,6 +39,21 @@ def overran_soft_limit(key: str) -> None:
 def test_a_worker_reserves_one_message_at_a_time(celery_app: Celery) -> None:
     assert settings.CELERY_WORKER_PREFETCH_MULTIPLIER == 1
     assert celery_app.conf.worker_prefetch_multiplier == 1
+
+
+def test_a_worker_child_is_replaced_after_its_task_once_past_512000_kib(celery_app: Celery) -> None:
+    assert settings.CELERY_WORKER_MAX_MEMORY_PER_CHILD == 512_000
+    assert celery_app.conf.worker_max_memory_per_child == 512_000
+
+
+@pytest.mark.parametrize(("value", "setting"), [("1048576", "1048576"), ("0", "None")])
+def test_the_worker_memory_limit_comes_from_the_environment_and_0_turns_it_off(value: str, setting: str) -> None:
+    env = {**os.environ, "CELERY_WORKER_MAX_MEMORY_PER_CHILD": value}
+    code = "import project.settings as s; print(s.CELERY_WORKER_MAX_MEMORY_PER_CHILD)"
+
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    assert done.stdout.strip() == setting, done.stderr[-2000:]
 
 
 def test_a_message_is_acknowledged_when_its_task_ends(celery_app: Celery) -> None:

@@ -86,3 +86,39 @@ def test_start_auto_retry_sets_the_interval_through_set_sweep_interval(monkeypat
 
     assert calls == [(90, True)]
     assert _sweep().interval.every == 90
+
+
+# --- a Beat starting while another changes the schedule --------------------------------------------------------
+
+
+def test_a_beat_that_starts_while_another_beat_moves_the_sweep_runs_the_sweep_on_the_new_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """django-celery-beat's DatabaseScheduler reads the schedule, then takes the time of the last change as the
+    mark it compares with at each tick: a change made between the two was never seen (until its forced reload
+    every 5 minutes). ``schedule.prepare_beat`` marks the schedule changed at beat_init, so that it is read again.
+    """
+    from django_celery_beat.schedulers import DatabaseScheduler
+
+    from queueing import signals
+    from queueing.registry import celery_app
+
+    # Given the sweep every 60 s, and a second Beat that moves it to every 1 s just after this Beat read it
+    ensure_sweep_schedule(check_interval_seconds=60)
+    read_the_schedule = DatabaseScheduler.install_default_entries  # called right after the first read
+
+    def another_beat_moves_the_sweep(self: DatabaseScheduler, data: object) -> None:
+        ensure_sweep_schedule(check_interval_seconds=1)
+        read_the_schedule(self, data)
+
+    monkeypatch.setattr(DatabaseScheduler, "install_default_entries", another_beat_moves_the_sweep)
+
+    # When this Beat starts: its scheduler is made, then beat_init's handlers run (celery.beat.Service.start)
+    scheduler = DatabaseScheduler(app=celery_app())
+    monkeypatch.setattr(DatabaseScheduler, "install_default_entries", read_the_schedule)
+    signals._schedule_sweep_when_beat_starts()
+    schedule.prepare_beat()
+
+    # Then at its first tick (which asks for the schedule, and so whether it changed) it sends the sweep every
+    # second, not every minute (not ticked here: a due sweep would be sent to the tests' broker)
+    assert scheduler.schedule[SWEEP_TASK_NAME].schedule.run_every.total_seconds() == 1

@@ -20,6 +20,9 @@ Then the failure groups worth a look (``queueing/status/groups.py``), one line e
 Then, when a worker host holds failures in its local spool (neither the database nor the broker could take
 them; ``queueing/spool.py``), one line per host: ``Spooled on worker-1: 2 ⚠``.
 
+Stored text (task names, error messages, queue and host names) is printed with its control characters escaped
+(``queueing/management/terminal.py``): ``\\x1b[2J`` shows as those characters, it does not clear the screen.
+
 A figure that cannot be had reads ``n/a (<reason>)``. When the workers' last report is out of date, the
 command asks them and waits for the answer (about ``STATUS_INSPECT_TIMEOUT_SECONDS``).
 """
@@ -33,6 +36,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from queueing import registry, status
 from queueing.exceptions import UnknownQueue
+from queueing.management.terminal import printable, printable_json
 
 WARNING_MARK = "⚠"
 
@@ -54,16 +58,17 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if as_json:
             answer = report.to_schema().model_dump(mode="json")  # the API's schema, declared once
-            self.stdout.write(json.dumps(answer, indent=2, ensure_ascii=False))
+            self.stdout.write(printable_json(json.dumps(answer, indent=2, ensure_ascii=False)))
             return
         blocks = [self._block(figures) for figures in report.queues.values()]
         if report.groups:
             blocks.append("\n".join(["Failure groups:", *(self._group(group) for group in report.groups)]))
         if report.paused.queues or report.paused.groups:
-            what = [f"queue {q}" for q in report.paused.queues] + [f"group #{g}" for g in report.paused.groups]
+            what = [f"queue {printable(q)}" for q in report.paused.queues]
+            what += [f"group #{g}" for g in report.paused.groups]
             blocks.append(self.style.WARNING(f"Automatic retries paused: {', '.join(what)}"))
         spooled = [
-            self.style.WARNING(f"Spooled on {host}: {count} {WARNING_MARK}")
+            self.style.WARNING(f"Spooled on {printable(host)}: {count} {WARNING_MARK}")
             for host, count in sorted(report.spooled.items())
             if count
         ]
@@ -75,22 +80,22 @@ class Command(BaseCommand):
         state = group.state_text + (", paused" if group.paused_at else "")
         if group.state != "closed":
             state = self.style.WARNING(state)
-        exception = group.exception_class.rsplit(".", 1)[-1]
+        exception = printable(group.exception_class.rsplit(".", 1)[-1])
         share = f"{group.share_still_failing:.0%}"
         total = sum(group.jobs.values())
         probes = f"; {group.level} failed probe(s)" if group.level else ""
         return (
-            f"  #{group.id} {state}  {group.task_name}  {exception}: {group.message_pattern[:80]}"
+            f"  #{group.id} {state}  {printable(group.task_name)}  {exception}: {printable(group.message_pattern[:80])}"
             f"  ({group.still_failing} still failing of {total}, {share}{probes})"
         )
 
     def _block(self, queue: status.QueueStatus) -> str:
-        lines = [f"Queue: {queue.name}"]
+        lines = [f"Queue: {printable(queue.name)}"]
         for figure in status.FIGURES:
             label = f"{figure.capitalize()}:"
             value = getattr(queue, figure)
             if value is None:
-                text = f"n/a ({queue.unavailable[figure]})"
+                text = f"n/a ({printable(queue.unavailable[figure])})"
             elif figure == "failed" and value:
                 text = self.style.WARNING(f"{value} {WARNING_MARK}")
             else:

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from queueing import bulkplan, operations, pauses
 from queueing.exceptions import UnknownQueue
+from queueing.management.terminal import printable
 
 
 class Command(BaseCommand):
@@ -82,7 +83,7 @@ class Command(BaseCommand):
                 f"{report['wouldSend']} would be sent"
             )
             for plan in outcome.groups:
-                self.stdout.write(f"  {plan.describe()}")
+                self.stdout.write(f"  {printable(plan.describe())}")
         else:
             self.stdout.write(
                 self.style.SUCCESS(f"{where}: found {outcome.total} failed or dead job(s), sent {outcome.retried}")
