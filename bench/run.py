@@ -2,8 +2,8 @@
 the same run, repeated. ``python -m bench`` runs this once per database and prints the table.
 
 Prints one JSON object per figure on stdout (``{"figure", "database", "values": [...], ...}``); the caller
-reads them. The database must be a scratch one (its name starts with ``bench``, or a SQLite file under var/):
-its failed-job table is emptied.
+reads them. The database must be a scratch one (``bench`` in its name, e.g. ``h_perfbench_bench``, or a SQLite
+file under var/): its failed-job table is emptied.
 """
 
 from __future__ import annotations
@@ -29,7 +29,21 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 os.environ.setdefault("QUEUEING_LOG_LEVEL", "WARNING")
 
 BENCH_TASK = "bench.noop"
+#: Where the bulk retries and sweeps of the bench send their jobs: a queue nobody consumes, so that the bench
+#: counts the messages. Declared in ``declare_queues`` like a deployment's queue (only declared queues are sent).
 HOLD = "bench-resend"
+
+
+def declare_queues() -> None:
+    """Add the bench's hold queue to the Celery app's declared queues (``CELERY_TASK_QUEUES``), in this process:
+    a claim refuses a row whose queue no worker declares (a tampered row), so an undeclared one sends nothing."""
+    from kombu import Queue
+
+    from queueing.registry import celery_app
+
+    app = celery_app()
+    if HOLD not in {queue.name for queue in app.conf.task_queues or ()}:
+        app.conf.task_queues = (*(app.conf.task_queues or ()), Queue(HOLD, routing_key=HOLD))
 
 
 def emit(figure: str, values: list[float], **extra: Any) -> None:
@@ -332,6 +346,7 @@ def status_and_admin(*, rows: int, rounds: int, requests: int) -> None:
 
     if FailedJob.objects.count() != rows:
         status_api.load(rows)
+    status_api.assign_groups()
     analyze()
     status_api.set_queueing(STATUS_COUNTS_CACHE_SECONDS=1.0)
     request = status_api.make_client()
@@ -378,6 +393,8 @@ def main() -> None:
     django.setup()
     import bench.tasks  # noqa: F401  (registers bench.noop, the task the bulk retries re-send)
 
+    declare_queues()  # before the children return: they claim and send too
+
     if args.only_rss_child:
         return rss_child()
     if args.only_sweep_child:
@@ -386,9 +403,9 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import connection
 
-    name = str(settings.DATABASES["default"]["NAME"])
-    if not (Path(name).name.startswith("bench") or name.startswith("bench")):
-        sys.exit(f"bench: needs a scratch database whose name starts with 'bench' (DATABASE_URL names {name!r})")
+    name = Path(str(settings.DATABASES["default"]["NAME"])).name
+    if "bench" not in name:
+        sys.exit(f"bench: needs a scratch database with 'bench' in its name (DATABASE_URL names {name!r})")
     call_command("migrate", verbosity=0)
     random.seed(20261201)
     q = args.quick

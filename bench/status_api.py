@@ -93,8 +93,8 @@ def main() -> None:
     from django.db import connection
 
     db = settings.DATABASES["default"]
-    if not db["ENGINE"].endswith("postgresql") or not str(db["NAME"]).startswith("bench"):
-        sys.exit(f"needs a scratch PostgreSQL database named bench*; DATABASE_URL names {db['NAME']!r}")
+    if not db["ENGINE"].endswith("postgresql") or "bench" not in str(db["NAME"]):
+        sys.exit(f"needs a scratch PostgreSQL database with 'bench' in its name; DATABASE_URL names {db['NAME']!r}")
 
     call_command("migrate", verbosity=0)
     from queueing import registry, status
@@ -103,6 +103,7 @@ def main() -> None:
 
     if args.reload or FailedJob.objects.count() != args.rows:
         load(args.rows)
+    assign_groups()
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE queueing_failedjob")
     counts = jobs.job_counts(statuses=jobs.OPEN_STATUSES)
@@ -175,6 +176,8 @@ def load(rows: int) -> None:
         cursor.execute("TRUNCATE queueing_failedjob RESTART IDENTITY")
     from queueing.models import FailedJob
 
+    # Every failure is recorded in its failure group (one per task here: one error class, one message).
+    groups = {task: group_for(task) for task in ("messaging.tasks.send_whatsapp_message", "tests.tasks.always_fail")}
     # Every column the model has (those added since this script was written get their defaults), via the model.
     fields = [f for f in FailedJob._meta.concrete_fields if not f.primary_key]
     columns = ", ".join(str(f.column) for f in fields)
@@ -195,8 +198,8 @@ def load(rows: int) -> None:
                 {},
                 job_status,
                 "automatic retries used up (3 of 3)" if job_status == "dead" else "",
-                "messaging.gateway.GatewayUnavailable",
-                "gateway answered 503: down for maintenance",
+                ERROR_CLASS,
+                MESSAGE,
                 "Traceback (most recent call last):\n  ...\nGatewayUnavailable: gateway answered 503\n",
                 4 * (1 + rng.randint(0, 3)),
                 rng.randint(0, 3),
@@ -214,9 +217,60 @@ def load(rows: int) -> None:
                 [],
             )
             job = FailedJob(**dict(zip(COLUMNS, values, strict=True)))
+            job.group_id = groups[job.task_name]
             copy.write_row([f.get_db_prep_save(getattr(job, f.attname), connection) for f in fields])
     raw.commit()
     print(f"loaded {rows:,} rows with COPY in {time.perf_counter() - started:.1f} s")
+
+
+MESSAGE = "gateway answered 503: down for maintenance"
+ERROR_CLASS = "messaging.gateway.GatewayUnavailable"
+
+
+def group_for(task_name: str, exception_class: str = ERROR_CLASS, message: str = MESSAGE, queue: str = "") -> int:
+    """The id of the failure group of this cause (created as recording a failure would), by its fingerprint."""
+    from django.utils import timezone
+
+    from queueing.fingerprint import fingerprint
+    from queueing.models import FailureGroup
+
+    key, pattern = fingerprint(task_name=task_name, exception_class=exception_class, message=message)
+    now = timezone.now()
+    group, _ = FailureGroup.objects.get_or_create(
+        fingerprint=key,
+        defaults={
+            "task_name": task_name,
+            "exception_class": exception_class,
+            "message_pattern": pattern,
+            "queue": queue or ("whatsapp-send" if task_name.startswith("messaging.") else "default"),
+            "first_seen_at": now,
+            "last_seen_at": now,
+            "state_changed_at": now,
+        },
+    )
+    return group.pk
+
+
+def assign_groups() -> None:
+    """Give the rows in no failure group theirs (rows loaded before ``load`` set it): the admin's filters read
+    their choices from the groups, as every failure recorded is in one."""
+    from django.db import connection
+
+    from queueing.models import FailedJob
+
+    ungrouped = FailedJob.objects.filter(group__isnull=True).order_by()
+    if not ungrouped.exists():
+        return
+    started = time.perf_counter()
+    causes = ungrouped.values_list("task_name", "exception_class", "exception_message", "queue").distinct()
+    for task_name, exception_class, message, queue in causes:
+        group = group_for(task_name, exception_class, message, queue)
+        ungrouped.filter(task_name=task_name, exception_class=exception_class, exception_message=message).update(
+            group_id=group
+        )
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE queueing_failedjob")
+    print(f"failure groups given to the rows in {time.perf_counter() - started:.1f} s")
 
 
 def explain() -> None:
