@@ -420,17 +420,17 @@ def main() -> None:
     if want("bulk"):
         bulk_retry(jobs=200 if q else 3_000, rounds=args.rounds)
     if want("sweep"):
-        small, large = (2_000, 6_000) if q else (10_000, 300_000 if postgres else 100_000)
+        small, large = (500, 1_500) if q else (10_000, 300_000 if postgres else 100_000)
         sizes = [] if q else [100_000]
         sweep_scaling(due=100 if q else 1_000, small=small, large=large, rounds=args.rounds, sizes=sizes)
     if want("batch"):
-        resend_rate_by_batch(jobs=300 if q else 5_000, batch_sizes=[50, 100] if q else [50, 100, 500, 1000, 2000])
+        resend_rate_by_batch(jobs=200 if q else 5_000, batch_sizes=[50, 100] if q else [50, 100, 500, 1000, 2000])
     if want("rss"):
-        rss(sizes=[500, 2_000] if q else [10_000, 30_000, 100_000])
+        rss(sizes=[200, 600] if q else [10_000, 30_000, 100_000])
     if want("status") and postgres:
-        status_and_admin(rows=5_000 if q else args.status_rows, rounds=args.rounds, requests=20 if q else 200)
+        status_and_admin(rows=2_000 if q else args.status_rows, rounds=args.rounds, requests=20 if q else 200)
     if want("scale") and postgres:
-        scale_out(due=400 if q else 100_000, sweepers=4, batch_size=100 if q else 500)
+        scale_out(due=200 if q else 100_000, sweepers=4, batch_size=50 if q else 500)
     empty()
 
 
