@@ -43,10 +43,11 @@ TARGETS: dict[str, tuple[str, Any]] = {
 }
 
 
-def database_urls(postgres: str) -> dict[str, str]:
+def database_urls(postgres: str, *, quick: bool = False) -> dict[str, str]:
+    """The databases of a run; a quick one keeps its small status table apart from the 1,000,000 rows."""
     return {
         "postgres": postgres,
-        "postgres-status": postgres.rstrip("/") + "_status",
+        "postgres-status": postgres.rstrip("/") + ("_status_quick" if quick else "_status"),
         "sqlite": f"sqlite:///{ROOT / 'var' / 'bench' / 'bench.sqlite3'}",
     }
 
@@ -97,11 +98,12 @@ def main() -> None:
     parser.add_argument("--databases", default="postgres,sqlite")
     parser.add_argument("--status-rows", type=int, default=1_000_000)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--results", default="var/bench/results.json", help="where the figures are written (JSON)")
     args = parser.parse_args()
 
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/6")
     postgres = os.environ.get("BENCH_POSTGRES_URL", f"postgres://postgres@127.0.0.1:5432/bench_{getpass.getuser()}")
-    urls = database_urls(postgres)
+    urls = database_urls(postgres, quick=args.quick)
     (ROOT / "var" / "bench").mkdir(parents=True, exist_ok=True)
     only = set(filter(None, args.only.split(",")))
     common = ["--rounds", str(args.rounds), *(["--quick"] if args.quick else [])]
@@ -140,7 +142,7 @@ def main() -> None:
         "quick": args.quick,
         "results": results,
     }
-    (ROOT / "var" / "bench" / "results.json").write_text(json.dumps(summary, indent=1))
+    (ROOT / args.results).write_text(json.dumps(summary, indent=1))
     print(f"\n{os.cpu_count()} CPUs; load average at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f}; "
           f"{summary['minutes']} min; {args.rounds} repetitions\n")  # fmt: skip
     print(table(results))

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from kombu.exceptions import EncodeError
+from django.dispatch import Signal
+from kombu.exceptions import (  # type: ignore[attr-defined]  # the stubs predate kombu 5.7's batches
+    BatchPublishError,
+    EncodeError,
+)
 
 from queueing import lifecycle, sensitive, workflow
 from queueing.conf import get_settings
@@ -109,12 +114,21 @@ PER_JOB_INFO_MAX = 10
 class PublishResult:
     sent_ids: tuple[int, ...] = ()  # the jobs sent
     unsendable: int = 0  # the stored call no longer fits its task: now dead
-    refused: int = 0  # the broker refused: claim released, retry given back
+    refused: int = 0  # the broker refused: claim released, retry given back (a failed batch: claim kept)
     expired: int = 0  # the call's own ``expires`` had passed: now dead, never sent
 
     @property
     def sent(self) -> int:
         return len(self.sent_ids)
+
+
+#: Broker commands one job's publish may buffer (its message, the ``task-sent`` event, a queue expiry per priority):
+#: a batch is sized so that it is sent only when ``publish`` flushes it, never half-way through a job.
+COMMANDS_PER_JOB_MAX = 16
+
+#: Sent by ``publish`` once per call with the number of jobs sent per queue (``{queue: n}``): the queue status
+#: counts them (``queueing/signals.py``) with one Redis command per queue, not one per job.
+jobs_sent = Signal()
 
 
 def publish(
@@ -124,76 +138,111 @@ def publish(
     canary_tokens: frozenset[str] = frozenset(),
     before_send: Callable[[FailedJob], None] | None = None,
 ) -> PublishResult:
-    """Send each claimed job as a fresh task call, over one broker connection.
+    """Send each claimed job as a fresh task call, over one broker connection, in one batch.
 
-    A job claimed under one of ``canary_tokens`` is a canary: its call carries ``HEADER_CANARY`` and makes one
-    attempt, without immediate retries (a probe asks once). ``before_send(job)`` runs before each send (the
-    sweep's throttle waits there). A job of a queue named in ``RETRY_QUEUES`` goes to that queue's retry queue
-    (``queueing/retry_queues.py``).
+    On Redis the calls go out as one pipeline (kombu's ``Producer.batch``: one round trip for the batch instead
+    of two per job, the message and its ``task-sent`` event); other brokers send each call as it comes. A job
+    claimed under one of ``canary_tokens`` is a canary: its call carries ``HEADER_CANARY`` and makes one attempt,
+    without immediate retries (a probe asks once). ``before_send(job)`` runs before each send, after the calls
+    buffered so far have gone out (the sweep's throttle waits there, so its spacing is the broker's). A job of a
+    queue named in ``RETRY_QUEUES`` goes to that queue's retry queue (``queueing/retry_queues.py``).
+
+    If the broker fails while the batch goes out, whether its calls arrived is unknown: those jobs keep their
+    claim, counted as ``refused``, and the lease gives them back (``models/__init__.py``, step 6) unless their
+    clone runs first; giving them back at once could send a job twice.
     """
     sent_ids: list[int] = []
+    sent: Counter[str] = Counter()  # jobs sent per queue
     unsendable = refused = expired = 0
     jobs = list(jobs)
+    buffered: list[tuple[FailedJob, str]] = []  # (job, its clone's task id) in the batch, not flushed yet
     # A few jobs: one line each at INFO, as any state change. A bulk: each at DEBUG, one summary line at INFO.
     per_job_level = logging.INFO if len(jobs) <= PER_JOB_INFO_MAX else logging.DEBUG
-    with celery_app().producer_or_acquire() as producer:
-        for job in jobs:
-            task = registered_task(job.task_name)
-            assert task is not None  # claim() only claims registered tasks
-            if (problem := stored_call_problem(job)) is not None:
-                unsendable += _give_up(job, problem, now=now)  # a tampered or corrupted row
-                continue
-            try:
-                # Decrypted only here, for the message: the row keeps its encrypted values (queueing/sensitive.py).
-                args, kwargs, options = (sensitive.reveal(part) for part in (job.args, job.kwargs, job.options))
-            except sensitive.Undecryptable:
-                unsendable += _give_up(job, UNDECRYPTABLE, now=now, reason=FailedJob.Reason.UNDECRYPTABLE)
-                continue
-            if workflow.expired(job.options, now=now):
-                lifecycle.expire(job, now=now)
-                logger.warning("job %s: %s", job.pk, job.status_reason)
-                expired += 1
-                continue
-            # The same Celery call again (queueing/workflow.py): the original id and the rest of the call,
-            # plus the claim headers that fence this clone.
-            headers: dict[str, Any] = {
-                **workflow.user_headers(options),
-                HEADER_JOB_ID: job.pk,
-                HEADER_CLAIM: str(job.claim_token),
-                HEADER_ORIGIN: job.origin_task_id,
-            }
-            if str(job.claim_token) in canary_tokens:
-                headers[HEADER_CANARY] = True
-            if before_send is not None:
-                before_send(job)
-            try:
-                task.apply_async(
-                    args=args,
-                    kwargs=kwargs,
-                    **workflow.send_options(options),
-                    task_id=(task_id := job.clone_task_id()),
-                    queue=send_to(job.queue),
-                    headers=headers,
-                    producer=producer,
-                    # masked as stored, even if the task no longer names them sensitive
-                    **sensitive.message_reprs(task, job.args, job.kwargs),
-                )
-            except (TypeError, ValueError, EncodeError) as exc:
-                # The stored call no longer fits the task (its signature changed) or cannot be encoded:
-                # sending it again cannot help until a person looks at it.
-                unsendable += _give_up(job, str(exc), now=now)
-                continue
-            except Exception as exc:  # noqa: BLE001  (a broker error: give the claim back, keep going)
-                logger.error("job %s: could not send the retry (%r); claim released", job.pk, exc)
-                text = f"retry could not be sent: {exc!r}"[:500]
-                lifecycle.give_back(job, now=now, reason=FailedJob.Reason.PUBLISH_FAILED, text=text)
-                refused += 1
-                continue
+
+    def flush(batch: Any) -> None:
+        batch.flush()
+        for job, task_id in buffered:
             sent_ids.append(job.pk)
+            sent[job.queue] += 1
             logger.log(
                 per_job_level, "job %s (%s) sent again as %s by %s", job.pk, job.task_name, task_id, job.claimed_by
             )
+        buffered.clear()
+
+    try:
+        with (
+            celery_app().producer_or_acquire() as producer,
+            producer.batch(max_size=COMMANDS_PER_JOB_MAX * len(jobs) + 1) as batch,
+        ):
+            for job in jobs:
+                task = registered_task(job.task_name)
+                assert task is not None  # claim() only claims registered tasks
+                if (problem := stored_call_problem(job)) is not None:
+                    unsendable += _give_up(job, problem, now=now)  # a tampered or corrupted row
+                    continue
+                try:
+                    # Decrypted only here, for the message: the row keeps its encrypted values (sensitive.py).
+                    args, kwargs, options = (sensitive.reveal(part) for part in (job.args, job.kwargs, job.options))
+                except sensitive.Undecryptable:
+                    unsendable += _give_up(job, UNDECRYPTABLE, now=now, reason=FailedJob.Reason.UNDECRYPTABLE)
+                    continue
+                if workflow.expired(job.options, now=now):
+                    lifecycle.expire(job, now=now)
+                    logger.warning("job %s: %s", job.pk, job.status_reason)
+                    expired += 1
+                    continue
+                # The same Celery call again (queueing/workflow.py): the original id and the rest of the call,
+                # plus the claim headers that fence this clone.
+                headers: dict[str, Any] = {
+                    **workflow.user_headers(options),
+                    HEADER_JOB_ID: job.pk,
+                    HEADER_CLAIM: str(job.claim_token),
+                    HEADER_ORIGIN: job.origin_task_id,
+                }
+                if str(job.claim_token) in canary_tokens:
+                    headers[HEADER_CANARY] = True
+                if before_send is not None:
+                    flush(batch)
+                    before_send(job)
+                try:
+                    task.apply_async(
+                        args=args,
+                        kwargs=kwargs,
+                        **workflow.send_options(options),
+                        task_id=(task_id := job.clone_task_id()),
+                        queue=send_to(job.queue),
+                        headers=headers,
+                        producer=producer,
+                        # masked as stored, even if the task no longer names them sensitive
+                        **sensitive.message_reprs(task, job.args, job.kwargs),
+                    )
+                except (TypeError, ValueError, EncodeError) as exc:
+                    # The stored call no longer fits the task (its signature changed) or cannot be encoded:
+                    # sending it again cannot help until a person looks at it.
+                    unsendable += _give_up(job, str(exc), now=now)
+                    continue
+                except BatchPublishError:
+                    raise  # the batch itself failed: its buffered calls are in doubt (below)
+                except Exception as exc:  # noqa: BLE001  (a broker error: give the claim back, keep going)
+                    logger.error("job %s: could not send the retry (%r); claim released", job.pk, exc)
+                    text = f"retry could not be sent: {exc!r}"[:500]
+                    lifecycle.give_back(job, now=now, reason=FailedJob.Reason.PUBLISH_FAILED, text=text)
+                    refused += 1
+                    continue
+                buffered.append((job, task_id))
+            flush(batch)
+    except Exception as exc:  # noqa: BLE001  (the batch could not go out: a broker error)
+        refused += len(buffered)
+        logger.error(
+            "jobs %s: the broker failed while their retries were sent (%r); whether they arrived is unknown: "
+            "they stay claimed until their lease runs out",
+            ", ".join(str(job.pk) for job, _ in buffered) or "-",
+            exc,
+        )
+        buffered.clear()
     result = PublishResult(sent_ids=tuple(sent_ids), unsendable=unsendable, refused=refused, expired=expired)
+    if sent:
+        jobs_sent.send(sender=publish, sent=dict(sent))
     if len(jobs) > PER_JOB_INFO_MAX:
         # One line per batch at INFO (each job's line is at DEBUG): a bulk retry of 100,000 jobs logs 200 lines.
         logger.info(

@@ -9,7 +9,7 @@ they count across every process and survive restarts of the web and worker proce
 - ``completed``: a task succeeded (``task_success``, in the worker that ran it).
 - ``resolved``: a retry (a clone sent by the sweep or an operator) succeeded.
 - ``failed``: a task failed for good after its immediate retries (``task_failure``) and is recorded.
-- ``retried``: a retry was published (``after_task_publish`` of a message carrying the claim headers).
+- ``retried``: retries were published (``claims.jobs_sent``, once per batch of re-sent jobs, per queue).
 
 Each handler costs one Redis round trip and never raises: a metric must not fail a task.
 """
@@ -19,16 +19,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import (
-    after_task_publish,
-    beat_init,
-    before_task_publish,
-    task_failure,
-    task_success,
-    worker_ready,
-)
+from celery.signals import beat_init, before_task_publish, task_failure, task_success, worker_ready
+from django.dispatch import receiver
 
-from queueing import alerts  # noqa: F401  (registers the ALERT_SINKS system check)
+from queueing import alerts, claims  # noqa: F401  (alerts registers the ALERT_SINKS system check)
 from queueing.retry_queues import base_queue
 
 logger = logging.getLogger(__name__)
@@ -118,12 +112,10 @@ def count_recorded_failure(task: Any) -> None:
     status.count("failed", _queue_of(task))
 
 
-@after_task_publish.connect
-def _count_retry_sent(
-    sender: Any = None, headers: dict[str, Any] | None = None, routing_key: str = "", **_: Any
-) -> None:
+@receiver(claims.jobs_sent)
+def _count_retries_sent(sender: Any = None, sent: dict[str, int] | None = None, **_: Any) -> None:
+    """The jobs one publish sent again, counted per queue (once per batch: ``claims.publish``)."""
     from queueing import status
-    from queueing.registry import HEADER_JOB_ID
 
-    if (headers or {}).get(HEADER_JOB_ID) is not None:
-        status.count("retried", base_queue(routing_key) or "?")
+    for queue, n in (sent or {}).items():
+        status.count("retried", queue, by=n)

@@ -136,9 +136,9 @@ def sweep(
             break
         if round_jobs:
             in_turn = pacer.interleave(round_jobs, queue_of=lambda job: job.queue)
-            outcome = publish(
-                in_turn, now=now, canary_tokens=canary_tokens, before_send=lambda job: pacer.wait(job.queue)
-            )
+            # A throttle waits before each send (which then goes out one by one); unthrottled, one batch.
+            wait = (lambda job: pacer.wait(job.queue)) if pacer.rates_per_second else None
+            outcome = publish(in_turn, now=now, canary_tokens=canary_tokens, before_send=wait)
             claimed, sent = claimed + len(round_jobs), sent + outcome.sent
             if outcome.refused:
                 stopped = Stop.REFUSED

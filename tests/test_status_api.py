@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 import redis
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from messaging.tasks import send_whatsapp_message
-from queueing import status
-from queueing.models import FailedJob
+from queueing import breaker, status
+from queueing.models import FailedJob, FailureGroup
 from queueing.status import StatusOut, counter_store, jobs, workers
 from queueing.status import broker as status_broker
 from tests import tasks
@@ -333,12 +335,44 @@ def test_the_shared_copy_of_the_counts_comes_back_as_typed_records(
     read = jobs.job_snapshot(client=client)
 
     # Then it is the same snapshot, with its records typed (datetimes, not epoch numbers in dicts)
-    assert broker.exists("queueing:status:jobs:v2")
+    assert broker.exists("queueing:status:jobs:v3")
     assert read == computed
     (recent,) = read.recent["whatsapp-send"]
     assert isinstance(recent, status.RecentFailure)
     assert recent.id == job.pk and recent.status == "dead"
     assert recent.last_failed_at == job.last_failed_at
+
+
+def test_the_failure_groups_counts_are_part_of_the_shared_copy_not_counted_per_request(
+    broker: redis.Redis, make_failed_job: Any, settings_for_status: Any
+) -> None:
+    # Given a failing group whose jobs were counted into the shared copy
+    settings_for_status(STATUS_COUNTS_CACHE_SECONDS=60)
+    now = timezone.now()
+    group = FailureGroup.objects.create(
+        fingerprint="g" * 32,
+        task_name="tests.tasks.always_fail",
+        exception_class="builtins.RuntimeError",
+        message_pattern="boom",
+        queue="default",
+        first_seen_at=now,
+        last_seen_at=now,
+        state_changed_at=now,
+    )
+    make_failed_job(group=group)
+    client = status.broker_redis()
+    computed = jobs.job_snapshot(client=client)
+
+    # When another request reads the status
+    with CaptureQueriesContext(connection) as queries:
+        read = jobs.job_snapshot(client=client)
+
+    # Then the groups come typed from the copy, without a count of their jobs
+    assert not [q["sql"] for q in queries.captured_queries if "queueing_failedjob" in q["sql"]]
+    assert read.groups == computed.groups
+    (figures,) = read.groups
+    assert isinstance(figures, status.GroupFigures)
+    assert (figures.id, figures.jobs[Status.FAILED], figures.state) == (group.pk, 1, breaker.State.CLOSED)
 
 
 def test_every_read_of_a_broker_that_does_not_answer_says_so_the_same_way(

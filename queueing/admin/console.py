@@ -27,6 +27,7 @@ from queueing.admin.columns import TIMELINE, FailedJobColumns
 from queueing.admin.filters import (
     LIST_DEFERRED_FIELDS,
     ErrorClassFilter,
+    EstimatedCountPaginator,
     FailedJobChangeList,
     QueueFilter,
     TaskFilter,
@@ -59,7 +60,8 @@ class FailedJobAdmin(FailedJobColumns, admin.ModelAdmin):
     ordering = ("-last_failed_at", "-id")
     list_per_page = 50
     list_max_show_all = 500
-    show_full_result_count = False
+    show_full_result_count = False  # no second COUNT(*) of the whole table beside a filtered one
+    paginator = EstimatedCountPaginator  # the unfiltered list of a large table: counted from the statistics
     actions = ("retry_selected", "discard_selected", "mark_dead_selected")
     fieldsets = (
         (None, {"fields": ("status_badge", "status_reason", "task_name", "queue", "origin_task", "latest_task")}),

@@ -1,25 +1,31 @@
 """The list's plumbing: its sidebar filters (status, queue, task, error class) and its ChangeList.
 
-Both are built for a large table: the three column filters share one ``SELECT DISTINCT`` per page, the list's
-query leaves out the large columns, and the date links come from one ``MIN``/``MAX`` (docs/admin.md has the costs).
+Both are built for a large table: the column filters' choices come from the small failure-group table and an
+index, never from a ``SELECT DISTINCT`` over every row; the list's query leaves out the large columns; the date
+links come from one ``MIN``/``MAX``; the unfiltered list's page count from the table's statistics on PostgreSQL
+(docs/admin.md has the costs).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import date, timedelta
 from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
+from django.core.paginator import Paginator
+from django.db import connection
 from django.db.models import Count, Max, Min, Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.formats import date_format
+from django.utils.functional import cached_property
 from django.utils.text import capfirst
 
-from queueing.models import FailedJob
-from queueing.registry import declared_queues
+from queueing.models import FailedJob, FailureGroup
+from queueing.registry import declared_queues, recorded_queues
 
 #: Most distinct (queue, task, error class) combinations read for the sidebar filters on one page.
 FILTER_MAX_COMBINATIONS = 5_000
@@ -29,18 +35,22 @@ LIST_DEFERRED_FIELDS = ("traceback", "history", "args", "kwargs", "options", "st
 
 
 def combinations(request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str, str]]:
-    """Distinct (queue, task, error class) of the table: one query per page, shared by the three filters.
+    """The (queue, task, error class) combinations the filters offer: one query per page, shared by the three.
 
-    Without an index on these columns it reads the whole table once (see docs/admin.md for the cost).
+    Every failure is recorded in a failure group, whose fingerprint holds its task and error class: the choices
+    are read from that small table (``FailureGroup``), plus the rows in no group (recorded before the groups
+    existed, or whose group was deleted), found by the ``(group, status)`` index. The whole table is never read.
     """
     cached = getattr(request, "_queueing_combinations", None)
     if cached is None:
-        cached = list(
+        ungrouped = (
             model_admin.get_queryset(request)
+            .filter(group__isnull=True)
             .order_by()
             .values_list("queue", "task_name", "exception_class")
-            .distinct()[:FILTER_MAX_COMBINATIONS]
         )
+        grouped = FailureGroup.objects.order_by().values_list("queue", "task_name", "exception_class")
+        cached = list(ungrouped.union(grouped)[:FILTER_MAX_COMBINATIONS])  # UNION: distinct
         request._queueing_combinations = cached  # type: ignore[attr-defined]  # a per-request memo
     return cached
 
@@ -73,7 +83,8 @@ class ColumnFilter(admin.SimpleListFilter):
 
 
 class QueueFilter(ColumnFilter):
-    """The queues of recorded jobs and those the Celery app declares (an empty queue is offered too)."""
+    """The queues of recorded jobs (a loose scan of the ``(queue, status)`` index: one probe per queue) and those
+    the Celery app declares (an empty queue is offered too)."""
 
     title = "queue"
     parameter_name = "queue"
@@ -81,7 +92,7 @@ class QueueFilter(ColumnFilter):
     position = 0
 
     def values(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> set[str]:
-        return super().values(request, model_admin) | declared_queues()
+        return recorded_queues() | declared_queues()
 
 
 class TaskFilter(ColumnFilter):
@@ -104,6 +115,48 @@ class ErrorClassFilter(ColumnFilter):
         taken = Counter(short.values())
         labels = {value: self.label(name if taken[name] == 1 else value) for value, name in short.items()}
         return sorted(labels.items(), key=lambda choice: (choice[1].lower(), choice[0]))
+
+
+#: Below this many rows (by the table's statistics) the unfiltered list counts them exactly.
+ESTIMATE_ABOVE_ROWS = 100_000
+
+#: A filtered list counts its rows exactly up to this many; above, it shows the planner's estimate (PostgreSQL).
+EXACT_COUNT_MAX_ROWS = 10_000
+
+
+class EstimatedCountPaginator(Paginator):
+    """Django's paginator, without a ``COUNT(*)`` that reads a large part of a large table.
+
+    On PostgreSQL the unfiltered list of a large table takes its number of rows from the table's statistics
+    (``pg_class.reltuples``, kept by autovacuum and ``ANALYZE``), and a filtered list (a status, a search) counts
+    its rows only up to ``EXACT_COUNT_MAX_ROWS`` (a ``LIMIT`` in the count stops there), then takes the planner's
+    estimate. Above those sizes the count shown and the last page are approximate (a page past the end lists
+    nothing). Other databases count exactly.
+    """
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if not isinstance(queryset, QuerySet) or connection.vendor != "postgresql":
+            return super().count
+        if not queryset.query.where:
+            table = queryset.model._meta.db_table
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [table])
+                row = cursor.fetchone()
+            if row is not None and row[0] >= ESTIMATE_ABOVE_ROWS:
+                return int(row[0])
+            return super().count
+        capped = queryset.order_by()[: EXACT_COUNT_MAX_ROWS + 1].count()
+        if capped <= EXACT_COUNT_MAX_ROWS:
+            return capped
+        sql, params = queryset.order_by().query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+            (plan,) = cursor.fetchone()
+        if isinstance(plan, str):
+            plan = json.loads(plan)
+        return max(capped, int(plan[0]["Plan"]["Plan Rows"]))
 
 
 class FailedJobChangeList(ChangeList):

@@ -12,7 +12,7 @@ from queueing import registry
 from queueing.models import FailedJob
 from queueing.status.broker import Unavailable, answered, broker_redis, current_broker, redis_is_broker
 from queueing.status.counter_store import counter
-from queueing.status.groups import GroupFigures, Paused, group_figures, paused
+from queueing.status.groups import GroupFigures, Paused, paused
 from queueing.status.jobs import JobSnapshot, RecentFailure, job_snapshot, query_jobs
 from queueing.status.schema import Figure, GroupOut, PausedOut, QueueStatusOut, RecentFailedOut, StatusOut, WorkersOut
 from queueing.status.spooled import spooled_figures
@@ -146,7 +146,7 @@ def queue_status(*, queue: str | None = None, wait_for_workers: bool = False) ->
         workers=report.workers if report else [],
         workers_reported_at=_datetime(workers.at) if isinstance(workers, WorkersReport) else None,
         counts_as_of=_datetime(jobs.at),
-        groups=group_figures(),
+        groups=jobs.groups,
         paused=paused(),
         spooled=spooled_figures(client),
     )
