@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per path; medians are printed")
     parser.add_argument("--only", choices=["failure"], help="just the failure-path figures of bench.run")
+    parser.add_argument("--retries", default="0,3", help="with --only failure: which figures (immediate retries)")
     parser.add_argument("--profile", metavar="TASK", help="profile a solo worker running --failures calls of TASK")
     parser.add_argument("--profile-worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -64,7 +65,8 @@ def main() -> None:
         return profile(client, args.profile, args.failures)
     client.flushdb()
     if args.only == "failure":
-        return failure_figures(calls=args.failures, rounds=args.rounds, concurrency=args.concurrency)
+        retries = [int(n) for n in args.retries.split(",")]
+        return failure_figures(calls=args.failures, rounds=args.rounds, concurrency=args.concurrency, retries=retries)
 
     log = open(ROOT / "var" / "bench-worker.log", "w")  # noqa: SIM115
     worker = subprocess.Popen(
@@ -112,33 +114,34 @@ def main() -> None:
     print(f"FailedJob rows written by the failure path: {recorded} (expected {args.failures * args.rounds})")
 
 
-def failure_figures(*, calls: int, rounds: int, concurrency: int) -> None:
-    """The failure-path rows of ``bench.run`` (its worker, its tasks, its rounds), summarised as min/median/max."""
-    import contextlib
-    import io
-    import json
-
+def failure_figures(*, calls: int, rounds: int, concurrency: int, retries: list[int]) -> None:
+    """The failure-path rows of ``bench.run`` (its worker, its tasks, its rounds, interleaved), summarised as
+    min / median / max of the ratios, with the machine's load average before and after."""
     from django.db import connection
 
-    from bench import run
+    from bench import run, tasks
 
+    figures = {
+        0: ("failure path, 0 immediate retries", tasks.plain_fail, tasks.retryable_fail, 1),
+        3: ("failure path, 3 immediate retries", tasks.plain_fail_autoretry, tasks.retryable_fail_3, 4),
+    }
     load_before = os.getloadavg()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        run.failure_path(calls=calls, rounds=rounds, concurrency=concurrency)
-    load_after = os.getloadavg()
-    print(f"database: {connection.vendor}; {calls} calls x {rounds} rounds; worker prefork x{concurrency}")
-    print(f"load average (1/5/15 min) before: {_load(load_before)}; after: {_load(load_after)}")
-    for line in out.getvalue().splitlines():
-        if not line.startswith("{"):
-            continue
-        result = json.loads(line)
-        ratios = result["values"]
-        print(
-            f"{result['figure']}: ratio min {min(ratios):.2f} median {statistics.median(ratios):.2f} "
-            f"max {max(ratios):.2f}; plain/s {_rates(result['baseline_per_second'])}; "
-            f"RetryableTask/s {_rates(result['measured_per_second'])}"
-        )
+    client = run.broker()
+    print(f"database: {connection.vendor}; {calls} calls x {rounds} rounds; worker prefork x{concurrency}", flush=True)
+    with run.worker(concurrency, QUEUEING_BACKOFF_BASE="0", QUEUEING_BACKOFF_JITTER="false"):
+        for figure, plain, retryable, attempts in (figures[n] for n in retries):
+            plain_rates, retryable_rates = [], []
+            for _ in range(rounds):
+                plain_rates.append(_run(client, plain, calls, attempts_each=attempts))
+                retryable_rates.append(_run(client, retryable, calls, attempts_each=attempts))
+            ratios = [r / p for r, p in zip(retryable_rates, plain_rates, strict=True)]
+            print(
+                f"{figure}: ratio min {min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f}"
+                f" ({' '.join(f'{r:.2f}' for r in ratios)}); plain/s {_rates(plain_rates)}; "
+                f"RetryableTask/s {_rates(retryable_rates)}",
+                flush=True,
+            )
+    print(f"load average (1/5/15 min) before: {_load(load_before)}; after: {_load(os.getloadavg())}")
 
 
 PROFILE_QUEUE = "bench-profile"
