@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 
 from queueing import breaker
@@ -50,14 +50,37 @@ def config(policy: RetryPolicy | None = None) -> breaker.BreakerConfig:
     )
 
 
-def group_for(*, task_name: str, queue: str, exception_class: str, message: str, now: datetime) -> FailureGroup:
-    """The group of one failure (made on its first), its count and last-seen time updated. Call in a transaction."""
+class StaleGroup(Exception):
+    """The group id this process knew for a fingerprint names no such group any more: look it up again."""
+
+
+#: fingerprint -> id of its group, as this process learnt them (a group is never deleted by the system; each use
+#: checks the fingerprint, ``count_failure``). At most ``GROUP_IDS_KEPT``: then forgotten and learnt again.
+_group_ids: dict[str, int] = {}
+GROUP_IDS_KEPT = 10_000
+
+
+@dataclass(frozen=True)
+class Cause:
+    """A failure's cause: its fingerprint and the id of its group (``group_for``)."""
+
+    key: str
+    group_id: int
+
+
+def group_for(*, task_name: str, queue: str, exception_class: str, message: str, now: datetime) -> Cause:
+    """The group of one failure, made on its first. Call in a transaction, then ``count_failure`` before it ends.
+
+    A query only the first time this process meets a cause: then its group's id is remembered.
+    """
     key, pattern = fingerprint(task_name=task_name, exception_class=exception_class, message=message)
-    group = FailureGroup.objects.filter(fingerprint=key).first()
-    if group is None:
+    if (known := _group_ids.get(key)) is not None:
+        return Cause(key, known)
+    group_id = FailureGroup.objects.filter(fingerprint=key).values_list("pk", flat=True).first()
+    if group_id is None:
         try:
             with transaction.atomic():
-                group = FailureGroup.objects.create(
+                group_id = FailureGroup.objects.create(
                     fingerprint=key,
                     task_name=task_name,
                     exception_class=exception_class,
@@ -66,11 +89,34 @@ def group_for(*, task_name: str, queue: str, exception_class: str, message: str,
                     first_seen_at=now,
                     last_seen_at=now,
                     state_changed_at=now,
-                )
+                ).pk
         except IntegrityError:  # made by another process a moment ago
-            group = FailureGroup.objects.get(fingerprint=key)
-    FailureGroup.objects.filter(pk=group.pk).update(failure_count=F("failure_count") + 1, last_seen_at=now)
-    return group
+            group_id = FailureGroup.objects.get(fingerprint=key).pk
+    if len(_group_ids) >= GROUP_IDS_KEPT:
+        _group_ids.clear()
+    _group_ids[key] = group_id
+    return Cause(key, group_id)
+
+
+def count_failure(cause: Cause, *, now: datetime) -> FailureGroup:
+    """Count one failure in its group and return the group as it is now, in one statement (``UPDATE …
+    RETURNING``). Its row stays locked until the transaction ends: make it the transaction's last but the
+    breaker's move (``note_failure``), so that failures of one cause, all writing this row, wait on each other
+    as briefly as can be. ``StaleGroup`` (the transaction must be rolled back) if the group is gone."""
+    meta = FailureGroup._meta
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(str(f.column)) for f in meta.concrete_fields)
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {quote('failure_count')} = {quote('failure_count')} + 1, "
+        f"{quote('last_seen_at')} = %s WHERE {quote('id')} = %s AND {quote('fingerprint')} = %s RETURNING {columns}"
+    )
+    found = list(
+        FailureGroup.objects.raw(sql, [connection.ops.adapt_datetimefield_value(now), cause.group_id, cause.key])
+    )
+    if not found:
+        _group_ids.pop(cause.key, None)
+        raise StaleGroup(cause.key)
+    return found[0]
 
 
 def note_failure(
@@ -80,8 +126,11 @@ def note_failure(
     claim_token: str | UUID | None,
     deferred_seconds: float | None = None,
     now: datetime,
+    group: FailureGroup | None = None,
 ) -> None:
     """A failure was recorded on ``job`` (now in its new group): move the breakers it concerns.
+
+    ``group``: the job's group as ``count_failure`` returned it (locked since): its state is not read again.
 
     A canary is a clone claimed under its group's ``probe_token``: its failure pushes the group it probed
     back, even when the new failure has another cause. ``deferred_seconds``: the server asked to wait that long
@@ -103,7 +152,7 @@ def note_failure(
     if token is not None and previous_group_id not in (None, job.group_id):
         _move(previous_group_id, decide, now)
     if job.group_id is not None:
-        _move(job.group_id, decide, now)
+        _move(job.group_id, decide, now, read=group if group is not None and group.pk == job.group_id else None)
 
 
 def note_success(job: FailedJob, *, claim_token: str | UUID, now: datetime) -> None:
@@ -156,11 +205,11 @@ def take_release(group: FailureGroup, *, now: datetime, settings: breaker.Breake
 Decide = Callable[[breaker.Breaker, FailureGroup], tuple[breaker.Breaker | None, str]]
 
 
-def _move(group_id: int, decide: Decide, now: datetime) -> None:
-    """Read the group, ask ``decide(breaker, group)`` (the next state and why), write it conditionally; again
-    if another process changed the group in between (three reads at most)."""
+def _move(group_id: int, decide: Decide, now: datetime, *, read: FailureGroup | None = None) -> None:
+    """Read the group (``read``: as already read), ask ``decide(breaker, group)`` (the next state and why), write
+    it conditionally; again if another process changed the group in between (three reads at most)."""
     for _ in range(3):
-        group = FailureGroup.objects.filter(pk=group_id).first()
+        group, read = read or FailureGroup.objects.filter(pk=group_id).first(), None
         if group is None:
             return
         state = group.as_breaker()

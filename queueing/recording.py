@@ -19,7 +19,7 @@ from queueing import groups, lifecycle, sensitive
 from queueing.autoretry import current_policy
 from queueing.conf import get_settings
 from queueing.lifecycle import runners
-from queueing.models import FailedJob
+from queueing.models import FailedJob, FailureGroup
 from queueing.policy import ClassifiedError, ErrorKind
 
 logger = logging.getLogger(__name__)
@@ -88,66 +88,93 @@ def record_failure(failure: Failure, *, now: datetime | None = None) -> FailedJo
     """Write a final failure: a new row for an original call, the same row for a clone.
 
     Returns the row, or ``None`` when a clone's row is no longer under its claim (a stale delivery).
+
+    An original call's first failure, the usual case, is inserted without looking for its row first: a row
+    already there (its message delivered again after it was recorded) makes the ``INSERT`` fail, and the whole
+    transaction is done again the locked way. Its statements, when this process knows the cause: ``INSERT``
+    the row, ``UPDATE … RETURNING`` its group (``groups.count_failure``), and a breaker's move if it makes one.
     """
     now = now or timezone.now()
-    policy = current_policy()
     try:
-        with transaction.atomic():
-            if failure.job_id is not None:
-                job = _claimed_job(failure.job_id, failure.claim_token)
-                if job is None:
-                    logger.warning(
-                        "job %s: clone %s failed but its claim is gone; nothing recorded",
-                        failure.job_id,
-                        failure.task_id,
-                    )
-                    return None
-            else:
-                job = FailedJob.objects.select_for_update().filter(origin_task_id=failure.origin_task_id).first()
-                if job is None:
-                    job = _new_job(failure, now=now)
-                elif job.status not in (Status.FAILED, Status.DEAD):
-                    logger.warning(
-                        "job %s: original call %s failed again while %s; left as it is",
-                        job.pk,
-                        failure.task_id,
-                        job.status,
-                    )
-                    return job
-            previous_group_id = job.group_id
-            group = groups.group_for(
-                task_name=job.task_name,
-                queue=job.queue,
-                exception_class=failure.exception_class,
-                message=failure.exception_message,
-                now=now,
-            )
-            error = failure.classified()
-            lifecycle.fail(
-                job,
-                task_id=failure.task_id,
-                attempts=failure.attempts,
-                exception_class=failure.exception_class,
-                exception_message=failure.exception_message,
-                traceback=failure.traceback,
-                error=error,
-                policy=policy,
-                now=now,
-                group=group,
-            )
-            groups.note_failure(
-                job,
-                previous_group_id=previous_group_id,
-                claim_token=failure.claim_token,
-                now=now,
-                # The server asked for time: its group waits that long, and a canary's deferral is no failed probe.
-                deferred_seconds=error.delay_seconds if error.kind is ErrorKind.DEFERRED else None,
-            )
-    except IntegrityError:
-        # Another process recorded the same original call a moment ago: update that row instead.
-        if failure.job_id is None and FailedJob.objects.filter(origin_task_id=failure.origin_task_id).exists():
-            return record_failure(failure, now=now)
+        return _record_failure(failure, now=now, insert_first=failure.job_id is None)
+    except (IntegrityError, groups.StaleGroup) as exc:
+        # The row was there, or another process recorded the same original call a moment ago: update that row
+        # instead. Or the group this process knew is gone: look it up again.
+        stale_group = isinstance(exc, groups.StaleGroup)
+        if stale_group or (
+            failure.job_id is None and FailedJob.objects.filter(origin_task_id=failure.origin_task_id).exists()
+        ):
+            return record_failure_locked(failure, now=now)
         raise
+
+
+def record_failure_locked(failure: Failure, *, now: datetime) -> FailedJob | None:
+    """``record_failure`` that first locks the row it updates (an original call's, if it is there)."""
+    try:
+        return _record_failure(failure, now=now, insert_first=False)
+    except IntegrityError:
+        if failure.job_id is None and FailedJob.objects.filter(origin_task_id=failure.origin_task_id).exists():
+            return record_failure_locked(failure, now=now)
+        raise
+
+
+def _record_failure(failure: Failure, *, now: datetime, insert_first: bool) -> FailedJob | None:
+    policy = current_policy()
+    with transaction.atomic():
+        if failure.job_id is not None:
+            job = _claimed_job(failure.job_id, failure.claim_token)
+            if job is None:
+                logger.warning(
+                    "job %s: clone %s failed but its claim is gone; nothing recorded",
+                    failure.job_id,
+                    failure.task_id,
+                )
+                return None
+        elif insert_first:
+            job = _new_job(failure, now=now)
+        else:
+            job = FailedJob.objects.select_for_update().filter(origin_task_id=failure.origin_task_id).first()
+            if job is None:
+                job = _new_job(failure, now=now)
+            elif job.status not in (Status.FAILED, Status.DEAD):
+                logger.warning(
+                    "job %s: original call %s failed again while %s; left as it is",
+                    job.pk,
+                    failure.task_id,
+                    job.status,
+                )
+                return job
+        previous_group_id = job.group_id
+        cause = groups.group_for(
+            task_name=job.task_name,
+            queue=job.queue,
+            exception_class=failure.exception_class,
+            message=failure.exception_message,
+            now=now,
+        )
+        error = failure.classified()
+        lifecycle.fail(
+            job,
+            task_id=failure.task_id,
+            attempts=failure.attempts,
+            exception_class=failure.exception_class,
+            exception_message=failure.exception_message,
+            traceback=failure.traceback,
+            error=error,
+            policy=policy,
+            now=now,
+            group=FailureGroup(pk=cause.group_id),  # the id is all the row needs; the group read comes next
+        )
+        job.group = group = groups.count_failure(cause, now=now)
+        groups.note_failure(
+            job,
+            previous_group_id=previous_group_id,
+            claim_token=failure.claim_token,
+            now=now,
+            # The server asked for time: its group waits that long, and a canary's deferral is no failed probe.
+            deferred_seconds=error.delay_seconds if error.kind is ErrorKind.DEFERRED else None,
+            group=group,
+        )
     _log_recorded(job)
     return job
 

@@ -3,6 +3,7 @@ retry costs the same few queries for 5 jobs as for 50."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -186,3 +187,116 @@ def test_the_recorded_queues_are_read_with_one_query_one_probe_per_queue(make_fa
 
     assert found == {"q1", "q2", "q3"}
     assert len(queries) == 1 and "DISTINCT" not in queries[0]["sql"].upper()
+
+
+# --- the failure path: what recording one final failure costs (docs/benchmarks-failure-path.md) ----------------
+
+
+def a_failure(origin_task_id: str = "", *, message: str = "gateway answered 503 for +15550100") -> Any:
+    from queueing import recording
+
+    return recording.Failure(
+        task_name="tests.tasks.succeed",
+        task_id=str(uuid.uuid4()),
+        origin_task_id=origin_task_id or str(uuid.uuid4()),
+        queue="default",
+        args=[],
+        kwargs={},
+        exception_class="messaging.gateway.GatewayUnavailable",
+        exception_message=message,
+        traceback="",
+        attempts=4,
+    )
+
+
+def statements(queries: CaptureQueriesContext) -> list[str]:
+    """The statements captured, without the transaction's own (BEGIN, COMMIT, savepoints: SQLite logs some)."""
+    control = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK")
+    return [q["sql"] for q in queries.captured_queries if not q["sql"].upper().startswith(control)]
+
+
+@pytest.fixture
+def worker_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry policy reused for a second, as in a worker (``project/celery.py``): read once, here beforehand."""
+    from queueing import autoretry
+
+    monkeypatch.setattr(autoretry, "policy_max_age_seconds", 60.0)
+    autoretry.current_policy()
+
+
+@pytest.fixture
+def no_known_causes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process knows no group ids yet (earlier tests' groups are gone with their rows)."""
+    from queueing import groups
+
+    monkeypatch.setattr(groups, "_group_ids", {})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_original_calls_failure_of_a_known_cause_costs_two_statements(
+    worker_policy: None, no_known_causes: None
+) -> None:
+    from queueing import recording
+
+    # Given a cause this process has recorded once
+    recording.record_failure(a_failure(message="gateway answered 503 for +15550100"))
+
+    # When another call fails for good with it
+    with CaptureQueriesContext(connection) as queries:
+        job = recording.record_failure(a_failure(message="gateway answered 503 for +15550199"))
+
+    # Then the row is inserted without a look-up, and its group counted and read in one UPDATE … RETURNING
+    assert job is not None and job.group is not None and job.group.failure_count == 2
+    assert [sql.split()[0].upper() for sql in statements(queries)] == ["INSERT", "UPDATE"], statements(queries)
+    assert "RETURNING" in statements(queries)[1].upper()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_first_failure_of_a_new_cause_also_makes_its_group_and_opens_its_breaker(
+    worker_policy: None, no_known_causes: None
+) -> None:
+    from queueing import recording
+    from queueing.models import FailureGroup
+
+    with CaptureQueriesContext(connection) as queries:
+        job = recording.record_failure(a_failure())
+
+    # The group looked up and made, the row inserted, the group counted, its breaker opened
+    assert job is not None and job.group_id == FailureGroup.objects.get(state="open").pk
+    assert [sql.split()[0].upper() for sql in statements(queries)] == ["SELECT", "INSERT", "INSERT", "UPDATE", "UPDATE"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_original_call_that_fails_again_after_it_was_recorded_updates_its_row(
+    worker_policy: None, no_known_causes: None
+) -> None:
+    from queueing import recording
+
+    # Given an original call recorded (its message is then delivered again, and fails again)
+    first = recording.record_failure(a_failure("origin-1"))
+
+    # When it is recorded again: the INSERT fails on the row there, and the row is updated the locked way
+    again = recording.record_failure(a_failure("origin-1"))
+
+    assert first is not None and again is not None and again.pk == first.pk
+    assert FailedJob.objects.get().attempts == 8
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_group_gone_since_this_process_learnt_its_id_is_looked_up_again(
+    worker_policy: None, no_known_causes: None
+) -> None:
+    from queueing import recording
+    from queueing.models import FailureGroup
+
+    # Given a cause recorded once, then its group and its job deleted (by hand: the system never deletes one)
+    recording.record_failure(a_failure())
+    FailedJob.objects.all().delete()
+    FailureGroup.objects.all().delete()
+
+    # When the same cause fails again
+    job = recording.record_failure(a_failure())
+
+    # Then it gets a new group, counted once
+    assert job is not None and job.group_id == FailureGroup.objects.get().pk
+    assert FailureGroup.objects.get().failure_count == 1
