@@ -175,7 +175,8 @@ class RetryableTask(Task):
                     exc_info=True,
                 )
                 signals.count_recorded_failure(self)
-                raise Ignore() from exc
+                # Logged above with its traceback: chained, Celery would format it once more for nothing.
+                raise Ignore() from None
             raise
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
