@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from queueing import lifecycle, runners
+from queueing.lifecycle import moves, runners
 from queueing.models import FailedJob
 
 
@@ -51,4 +51,4 @@ def test_a_copy_finds_its_own_mark_and_runs() -> None:
 
 
 def test_ending_a_claim_clears_the_running_mark() -> None:
-    assert lifecycle.NO_CLAIM["running_on"] == ""
+    assert moves.NO_CLAIM["running_on"] == ""
