@@ -43,8 +43,9 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def poll(check: Callable[[], Any], *, deadline_seconds: float, what: str) -> Any:
-    """``check()``'s first truthy result; fails naming ``what`` if there is none before the deadline."""
+def poll(check: Callable[[], Any], *, deadline_seconds: float, what: str, output: Output | None = None) -> Any:
+    """``check()``'s first truthy result; fails naming ``what`` if there is none before the deadline, with the
+    stack's ``output`` as it is then (and what its processes are doing: ``Output.report``)."""
     deadline = time.monotonic() + deadline_seconds
     while True:
         try:
@@ -53,7 +54,8 @@ def poll(check: Callable[[], Any], *, deadline_seconds: float, what: str) -> Any
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {deadline_seconds}s")
+            report = f"\n{output.report()}" if output is not None else ""
+            raise AssertionError(f"{what}: not within {deadline_seconds}s{report}")
         time.sleep(0.25)
 
 
@@ -61,6 +63,7 @@ class Output:
     """A process's output, read in a thread, searchable while it runs."""
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
         self.lines: list[str] = []
         self._new: queue.Queue[str] = queue.Queue()
         self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
@@ -79,6 +82,35 @@ class Output:
 
     def text(self) -> str:
         return "".join(self.lines)
+
+    def report(self) -> str:
+        """The output so far and, if the stack still runs, where its threads are (SIGUSR1: faulthandler, once
+        its ``main`` runs) and the state of each of its processes: what a start that timed out was doing."""
+        process = self.process
+        if process.poll() is not None:
+            return f"the stack exited (status {process.returncode}); its output:\n{self.text()}"
+        if any(line.startswith("devstack: ") for line in self.lines):
+            process.send_signal(signal.SIGUSR1)
+            dumped = time.monotonic() + 5
+            while "most recent call first" not in self.text() and time.monotonic() < dumped:
+                time.sleep(0.1)
+        pgids = {int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)\)", self.text())}
+        ps = subprocess.run(
+            ["ps", "-eo", "pid,ppid,pgid,stat,wchan:20,etime,time,args", "--sort", "pgid"],
+            capture_output=True,
+            text=True,
+        ).stdout.splitlines()
+        # the stack itself, and each child's process group (the child and its own children)
+        tree = [line for line in ps[1:] if line.split()[0] == str(process.pid) or int(line.split()[2]) in pgids]
+        load = Path("/proc/loadavg").read_text().strip() if Path("/proc/loadavg").is_file() else "?"
+        return "\n".join(
+            [
+                f"the stack still runs (pid {process.pid}); its output:\n{self.text()}",
+                f"its processes (load average {load}):",
+                *ps[:1],
+                *tree,
+            ]
+        )
 
 
 def process_groups_alive(pgids: set[int]) -> list[str]:
@@ -172,17 +204,20 @@ def test_the_stack_starts_from_nothing_delivers_a_message_and_stops_every_child(
     poll(
         lambda: requests.get(f"{web}/admin/login/", timeout=2).status_code == 200,
         deadline_seconds=START_DEADLINE_SECONDS,
-        what=f"the web server answering /admin/login/\n{output.text()}",
+        what="the web server answering /admin/login/",
+        output=output,
     )
     poll(
         lambda: requests.get(f"{gateway}/health", timeout=2).json()["status"] == "ok",
         deadline_seconds=START_DEADLINE_SECONDS,
         what="the gateway answering /health",
+        output=output,
     )
     summary = poll(
         lambda: output.search(r"API token\s+(\S+)"),
         deadline_seconds=START_DEADLINE_SECONDS,
-        what=f"the printed API token\n{output.text()}",
+        what="the printed API token",
+        output=output,
     )
     token = summary.group(1)
     password = output.search(r"Admin .* user admin, password (\S+)")
@@ -207,7 +242,8 @@ def test_the_stack_starts_from_nothing_delivers_a_message_and_stops_every_child(
     delivered = poll(
         lambda: [m for m in requests.get(f"{gateway}/messages", timeout=2).json() if m["idempotencyKey"] == job_id],
         deadline_seconds=DELIVERY_DEADLINE_SECONDS,
-        what=f"the message at the gateway\n{output.text()}",
+        what="the message at the gateway",
+        output=output,
     )
     assert delivered[0]["message"] == "hello from the test"
 
@@ -304,9 +340,12 @@ def ready(process: subprocess.Popen[str], output: Output, ports: dict[str, int])
         poll(
             lambda url=url: answers(url),
             deadline_seconds=START_DEADLINE_SECONDS,
-            what=f"{url} answering\n{output.text()}",
+            what=f"{url} answering",
+            output=output,
         )
-    poll(lambda: output.search(r"API token"), deadline_seconds=START_DEADLINE_SECONDS, what="the summary")
+    poll(
+        lambda: output.search(r"API token"), deadline_seconds=START_DEADLINE_SECONDS, what="the summary", output=output
+    )
 
 
 @pytest.mark.slow
@@ -357,7 +396,12 @@ def test_commands_in_another_terminal_find_the_running_stack_on_its_own_redis_po
     url = output.search(r"embedded Redis answers at (redis://127\.0\.0\.1:(\d+)/0)")
     assert url is not None and url.group(2) != "6379", output.text()  # not the default port (--redis-port 0)
     terminal = stack_env(tmp_path)  # no REDIS_URL
-    poll(lambda: output.search(r"worker \|.* ready\."), deadline_seconds=START_DEADLINE_SECONDS, what="the worker")
+    poll(
+        lambda: output.search(r"worker \|.* ready\."),
+        deadline_seconds=START_DEADLINE_SECONDS,
+        what="the worker",
+        output=output,
+    )
 
     # When a celery command runs from the checkout without REDIS_URL
     ping = subprocess.run(
