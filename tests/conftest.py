@@ -145,7 +145,10 @@ DATABASE_AGNOSTIC_TESTS: dict[str, str | set[str]] = {
     "test_conf.py": "*",
     "test_deploy_checks.py": "*",  # `manage.py check --deploy` without DATABASE_URL
     "test_devstack.py": "*",  # the stack runs on a SQLite of its own (stack_env)
+    "test_error_policy.py": "*",
+    "test_fake_gateway.py": "*",  # the fake WhatsApp gateway keeps its messages in a file
     "test_fingerprint.py": "*",
+    "test_gateway.py": "*",
     "test_logconfig.py": "*",
     "test_policy.py": "*",
     "test_stackfile.py": "*",
