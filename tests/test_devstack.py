@@ -84,31 +84,37 @@ class Output:
         return "".join(self.lines)
 
     def report(self) -> str:
-        """The output so far and, if the stack still runs, where its threads are (SIGUSR1: faulthandler, once
-        its ``main`` runs) and the state of each of its processes: what a start that timed out was doing."""
+        """What a start that timed out was doing: each process of the stack (state, kernel wait, CPU time), then
+        where the threads of every Python process are (the stack: SIGUSR1, its faulthandler; each child: SIGABRT,
+        PYTHONFAULTHANDLER in stack_env, which ends it), then the output, the dumps included."""
         process = self.process
         if process.poll() is not None:
             return f"the stack exited (status {process.returncode}); its output:\n{self.text()}"
-        if any(line.startswith("devstack: ") for line in self.lines):
-            process.send_signal(signal.SIGUSR1)
-            dumped = time.monotonic() + 5
-            while "most recent call first" not in self.text() and time.monotonic() < dumped:
-                time.sleep(0.1)
         pgids = {int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)\)", self.text())}
         ps = subprocess.run(
-            ["ps", "-eo", "pid,ppid,pgid,stat,wchan:20,etime,time,args", "--sort", "pgid"],
+            ["ps", "-ewwo", "pid,ppid,pgid,stat,wchan:24,etime,time,args", "--sort", "pgid"],
             capture_output=True,
             text=True,
         ).stdout.splitlines()
         # the stack itself, and each child's process group (the child and its own children)
         tree = [line for line in ps[1:] if line.split()[0] == str(process.pid) or int(line.split()[2]) in pgids]
         load = Path("/proc/loadavg").read_text().strip() if Path("/proc/loadavg").is_file() else "?"
+        if any(line.startswith("devstack: ") for line in self.lines):  # its main() runs: the handler is set
+            process.send_signal(signal.SIGUSR1)
+        for line in tree:
+            pid, pgid, command = int(line.split()[0]), int(line.split()[2]), line.split(None, 7)[7]
+            if pgid in pgids and "python" in command:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGABRT)
+        deadline = time.monotonic() + 5
+        while self.text().count("most recent call first") < len(tree) and time.monotonic() < deadline:
+            time.sleep(0.1)
         return "\n".join(
             [
-                f"the stack still runs (pid {process.pid}); its output:\n{self.text()}",
-                f"its processes (load average {load}):",
+                f"the stack still ran (pid {process.pid}); its processes (load average {load}):",
                 *ps[:1],
                 *tree,
+                f"its output, with where each thread was:\n{self.text()}",
             ]
         )
 
@@ -143,6 +149,8 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         "QUEUEING_VAR_DIR": str(tmp_path / "var"),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "PYTHONUNBUFFERED": "1",
+        # A process of the stack that gets SIGABRT prints where its threads are (Output.report, on a timeout).
+        "PYTHONFAULTHANDLER": "1",
     }
 
 
