@@ -447,3 +447,21 @@ def test_commands_in_another_terminal_find_the_running_stack_on_its_own_redis_po
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, output.text()
     assert not stack_file.exists()
+
+
+def test_setting_django_up_imports_the_celery_task_class_before_any_thread_could_finalize_the_app() -> None:
+    # runserver's autoreloading child deadlocked when its checks finalized the Celery app (importing the task
+    # class under the app's finalize lock) while its reloader imported the same module through the URLconf
+    # (queueing/apps.py); with the module imported at set-up, no thread imports it under that lock.
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    code = "import sys, django; django.setup(); print('queueing.tasks' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "project.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.stdout.strip().splitlines()[-1:] == ["True"], result.stdout + result.stderr
