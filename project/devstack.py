@@ -13,13 +13,15 @@
 4. Once the web server and the gateway answer, print where to look. Ctrl-C or SIGTERM stops every child
    (SIGTERM, then SIGKILL for whatever is left after a grace period) and the embedded Redis last.
 
-If a child exits on its own, everything is stopped and the exit status is 1.
+If a child exits on its own, everything is stopped and the exit status is 1. ``kill -USR1 <pid>`` prints where
+each of its threads is (``faulthandler``), without stopping it: for a start that seems stuck.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import importlib.util
 import os
 import secrets
@@ -471,6 +473,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     stack = Stack(options)
     stopping = False
 

@@ -133,11 +133,70 @@ RABBITMQ_TESTS: dict[str, str | set[str]] = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+#: Tests whose outcome cannot depend on the pass's database (marker ``database_agnostic``): pure units, files read
+#: (compose.yaml, README, docs, the architecture), and processes that run on a database of their own (bin/start's
+#: stack: its own SQLite) or none. bin/test runs them on its first database only (TEST_SKIP_DATABASE_AGNOSTIC=1 on
+#: the others): file -> test names, or "*" for all of the file. Nothing that reads or writes a FailedJob, claims,
+#: locks or migrates belongs here; a listed test that asks for the database fails the collection
+#: (DATABASE_FIXTURES).
+DATABASE_AGNOSTIC_TESTS: dict[str, str | set[str]] = {
+    "test_architecture.py": "*",
+    "test_backoff.py": "*",
+    "test_breaker.py": "*",
+    "test_compose.py": "*",
+    "test_conf.py": "*",
+    "test_deploy_checks.py": "*",  # `manage.py check --deploy` without DATABASE_URL
+    "test_devstack.py": "*",  # the stack runs on a SQLite of its own (stack_env)
+    "test_error_policy.py": "*",
+    "test_fake_gateway.py": "*",  # the fake WhatsApp gateway keeps its messages in a file
+    "test_fingerprint.py": "*",
+    "test_gateway.py": "*",
+    "test_logconfig.py": "*",
+    "test_policy.py": "*",
+    "test_stackfile.py": "*",
+    "test_throttle.py": "*",
+}
+
+#: What a test that uses the database asks for: none of it is allowed in DATABASE_AGNOSTIC_TESTS.
+DATABASE_FIXTURES = {
+    "db",
+    "transactional_db",
+    "django_db_reset_sequences",
+    "django_db_serialized_rollback",
+    "live_server",
+    "admin_client",
+    "admin_user",
+    "django_user_model",
+    "celery_worker",
+    "celery_session_worker",
+    "subprocess_env",
+    "make_failed_job",
+}
+
+
+def listed(tests: dict[str, str | set[str]], item: pytest.Item) -> bool:
+    names = tests.get(item.path.name)
+    return names == "*" or bool(names and getattr(item, "originalname", item.name) in names)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        names = RABBITMQ_TESTS.get(item.path.name)
-        if names == "*" or (names and getattr(item, "originalname", item.name) in names):
+        if listed(RABBITMQ_TESTS, item):
             item.add_marker(pytest.mark.rabbitmq)
+        if listed(DATABASE_AGNOSTIC_TESTS, item):
+            uses = DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+            if item.get_closest_marker("django_db") or uses:
+                raise pytest.UsageError(
+                    f"{item.nodeid} is in DATABASE_AGNOSTIC_TESTS (tests/conftest.py) but uses the database "
+                    f"({', '.join(sorted(uses)) or 'django_db'}): take it out of the list, so that it runs on every "
+                    "database"
+                )
+            item.add_marker(pytest.mark.database_agnostic)
+    if os.environ.get("TEST_SKIP_DATABASE_AGNOSTIC") == "1":
+        skipped = [item for item in items if item.get_closest_marker("database_agnostic")]
+        if skipped:
+            config.hook.pytest_deselected(items=skipped)
+            items[:] = [item for item in items if not item.get_closest_marker("database_agnostic")]
 
 
 def broker_is_amqp() -> bool:
@@ -298,3 +357,17 @@ def subprocess_env(redis_client: redis.Redis) -> Iterator[dict[str, str]]:
     else:
         env.pop("CELERY_BROKER_URL", None)
     yield env
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
+    """On PostgreSQL, the test database commits without waiting for its WAL to reach the disk
+    (``synchronous_commit = off``, for every process that connects to it, workers included): a commit makes the
+    same rows visible, only a crash of the server could lose the last ones, and no test crashes this server (the
+    fault scenarios stop a cluster of their own, tests/faults.py, which runs with fsync=off). A commit took 3.1 ms
+    with it on and 0.25 ms off on the shared machine."""
+    with django_db_blocker.unblock():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(f'ALTER DATABASE "{connection.settings_dict["NAME"]}" SET synchronous_commit TO off')
+            connection.close()

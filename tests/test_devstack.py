@@ -43,8 +43,9 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def poll(check: Callable[[], Any], *, deadline_seconds: float, what: str) -> Any:
-    """``check()``'s first truthy result; fails naming ``what`` if there is none before the deadline."""
+def poll(check: Callable[[], Any], *, deadline_seconds: float, what: str, output: Output | None = None) -> Any:
+    """``check()``'s first truthy result; fails naming ``what`` if there is none before the deadline, with the
+    stack's ``output`` as it is then (and what its processes are doing: ``Output.report``)."""
     deadline = time.monotonic() + deadline_seconds
     while True:
         try:
@@ -53,7 +54,8 @@ def poll(check: Callable[[], Any], *, deadline_seconds: float, what: str) -> Any
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {deadline_seconds}s")
+            report = f"\n{output.report()}" if output is not None else ""
+            raise AssertionError(f"{what}: not within {deadline_seconds}s{report}")
         time.sleep(0.25)
 
 
@@ -61,6 +63,7 @@ class Output:
     """A process's output, read in a thread, searchable while it runs."""
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
         self.lines: list[str] = []
         self._new: queue.Queue[str] = queue.Queue()
         self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
@@ -79,6 +82,41 @@ class Output:
 
     def text(self) -> str:
         return "".join(self.lines)
+
+    def report(self) -> str:
+        """What a start that timed out was doing: each process of the stack (state, kernel wait, CPU time), then
+        where the threads of every Python process are (the stack: SIGUSR1, its faulthandler; each child: SIGABRT,
+        PYTHONFAULTHANDLER in stack_env, which ends it), then the output, the dumps included."""
+        process = self.process
+        if process.poll() is not None:
+            return f"the stack exited (status {process.returncode}); its output:\n{self.text()}"
+        pgids = {int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)\)", self.text())}
+        ps = subprocess.run(
+            ["ps", "-ewwo", "pid,ppid,pgid,stat,wchan:24,etime,time,args", "--sort", "pgid"],
+            capture_output=True,
+            text=True,
+        ).stdout.splitlines()
+        # the stack itself, and each child's process group (the child and its own children)
+        tree = [line for line in ps[1:] if line.split()[0] == str(process.pid) or int(line.split()[2]) in pgids]
+        load = Path("/proc/loadavg").read_text().strip() if Path("/proc/loadavg").is_file() else "?"
+        if any(line.startswith("devstack: ") for line in self.lines):  # its main() runs: the handler is set
+            process.send_signal(signal.SIGUSR1)
+        for line in tree:
+            pid, pgid, command = int(line.split()[0]), int(line.split()[2]), line.split(None, 7)[7]
+            if pgid in pgids and "python" in command:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGABRT)
+        deadline = time.monotonic() + 5
+        while self.text().count("most recent call first") < len(tree) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return "\n".join(
+            [
+                f"the stack still ran (pid {process.pid}); its processes (load average {load}):",
+                *ps[:1],
+                *tree,
+                f"its output, with where each thread was:\n{self.text()}",
+            ]
+        )
 
 
 def process_groups_alive(pgids: set[int]) -> list[str]:
@@ -111,6 +149,8 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         "QUEUEING_VAR_DIR": str(tmp_path / "var"),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "PYTHONUNBUFFERED": "1",
+        # A process of the stack that gets SIGABRT prints where its threads are (Output.report, on a timeout).
+        "PYTHONFAULTHANDLER": "1",
     }
 
 
@@ -172,17 +212,20 @@ def test_the_stack_starts_from_nothing_delivers_a_message_and_stops_every_child(
     poll(
         lambda: requests.get(f"{web}/admin/login/", timeout=2).status_code == 200,
         deadline_seconds=START_DEADLINE_SECONDS,
-        what=f"the web server answering /admin/login/\n{output.text()}",
+        what="the web server answering /admin/login/",
+        output=output,
     )
     poll(
         lambda: requests.get(f"{gateway}/health", timeout=2).json()["status"] == "ok",
         deadline_seconds=START_DEADLINE_SECONDS,
         what="the gateway answering /health",
+        output=output,
     )
     summary = poll(
         lambda: output.search(r"API token\s+(\S+)"),
         deadline_seconds=START_DEADLINE_SECONDS,
-        what=f"the printed API token\n{output.text()}",
+        what="the printed API token",
+        output=output,
     )
     token = summary.group(1)
     password = output.search(r"Admin .* user admin, password (\S+)")
@@ -207,7 +250,8 @@ def test_the_stack_starts_from_nothing_delivers_a_message_and_stops_every_child(
     delivered = poll(
         lambda: [m for m in requests.get(f"{gateway}/messages", timeout=2).json() if m["idempotencyKey"] == job_id],
         deadline_seconds=DELIVERY_DEADLINE_SECONDS,
-        what=f"the message at the gateway\n{output.text()}",
+        what="the message at the gateway",
+        output=output,
     )
     assert delivered[0]["message"] == "hello from the test"
 
@@ -304,9 +348,12 @@ def ready(process: subprocess.Popen[str], output: Output, ports: dict[str, int])
         poll(
             lambda url=url: answers(url),
             deadline_seconds=START_DEADLINE_SECONDS,
-            what=f"{url} answering\n{output.text()}",
+            what=f"{url} answering",
+            output=output,
         )
-    poll(lambda: output.search(r"API token"), deadline_seconds=START_DEADLINE_SECONDS, what="the summary")
+    poll(
+        lambda: output.search(r"API token"), deadline_seconds=START_DEADLINE_SECONDS, what="the summary", output=output
+    )
 
 
 @pytest.mark.slow
@@ -357,7 +404,12 @@ def test_commands_in_another_terminal_find_the_running_stack_on_its_own_redis_po
     url = output.search(r"embedded Redis answers at (redis://127\.0\.0\.1:(\d+)/0)")
     assert url is not None and url.group(2) != "6379", output.text()  # not the default port (--redis-port 0)
     terminal = stack_env(tmp_path)  # no REDIS_URL
-    poll(lambda: output.search(r"worker \|.* ready\."), deadline_seconds=START_DEADLINE_SECONDS, what="the worker")
+    poll(
+        lambda: output.search(r"worker \|.* ready\."),
+        deadline_seconds=START_DEADLINE_SECONDS,
+        what="the worker",
+        output=output,
+    )
 
     # When a celery command runs from the checkout without REDIS_URL
     ping = subprocess.run(
@@ -395,3 +447,21 @@ def test_commands_in_another_terminal_find_the_running_stack_on_its_own_redis_po
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, output.text()
     assert not stack_file.exists()
+
+
+def test_setting_django_up_imports_the_celery_task_class_before_any_thread_could_finalize_the_app() -> None:
+    # runserver's autoreloading child deadlocked when its checks finalized the Celery app (importing the task
+    # class under the app's finalize lock) while its reloader imported the same module through the URLconf
+    # (queueing/apps.py); with the module imported at set-up, no thread imports it under that lock.
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    code = "import sys, django; django.setup(); print('queueing.tasks' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "project.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.stdout.strip().splitlines()[-1:] == ["True"], result.stdout + result.stderr
