@@ -323,6 +323,28 @@ def make_failed_job(now: datetime) -> Callable[..., Any]:
     return make
 
 
+@pytest.fixture
+def make_failure_group(now: datetime) -> Callable[..., Any]:
+    """Create a FailureGroup row directly (closed, seen once ``now``), as the recorder would have made it."""
+    from queueing.models import FailureGroup
+
+    def make(**overrides: Any) -> FailureGroup:
+        fields: dict[str, Any] = {
+            "fingerprint": uuid.uuid4().hex,
+            "task_name": "tests.tasks.always_fail",
+            "exception_class": "builtins.RuntimeError",
+            "message_pattern": "boom",
+            "queue": "default",
+            "first_seen_at": now,
+            "last_seen_at": now,
+            "state_changed_at": now,
+        }
+        fields.update(overrides)
+        return FailureGroup.objects.create(**fields)
+
+    return make
+
+
 def database_url() -> str:
     """A DATABASE_URL naming the test database, for worker and beat processes the tests start."""
     s = connection.settings_dict

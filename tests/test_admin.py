@@ -204,18 +204,11 @@ def test_the_filters_read_their_choices_in_one_query_never_a_distinct_over_the_t
 
 
 def test_the_filters_offer_the_task_and_error_class_of_each_failure_group(
-    operator: Client, make_failed_job: Callable[..., FailedJob], now: datetime
+    operator: Client, make_failed_job: Callable[..., FailedJob], make_failure_group: Callable[..., FailureGroup]
 ) -> None:
     # Given a job recorded in its failure group (as every failure is)
-    group = FailureGroup.objects.create(
-        fingerprint="f" * 32,
-        task_name="tests.tasks.grouped",
-        exception_class="builtins.LookupError",
-        message_pattern="no such thing",
-        queue="default",
-        first_seen_at=now,
-        last_seen_at=now,
-        state_changed_at=now,
+    group = make_failure_group(
+        task_name="tests.tasks.grouped", exception_class="builtins.LookupError", message_pattern="no such thing"
     )
     grouped = make_failed_job(task_name="tests.tasks.grouped", exception_class="builtins.LookupError", group=group)
 

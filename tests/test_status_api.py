@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from messaging.tasks import send_whatsapp_message
 from queueing import breaker, status
-from queueing.models import FailedJob, FailureGroup
+from queueing.models import FailedJob
 from queueing.status import StatusOut, counter_store, jobs, workers
 from queueing.status import broker as status_broker
 from tests import tasks
@@ -344,21 +344,11 @@ def test_the_shared_copy_of_the_counts_comes_back_as_typed_records(
 
 
 def test_the_failure_groups_counts_are_part_of_the_shared_copy_not_counted_per_request(
-    broker: redis.Redis, make_failed_job: Any, settings_for_status: Any
+    broker: redis.Redis, make_failed_job: Any, make_failure_group: Any, settings_for_status: Any
 ) -> None:
     # Given a failing group whose jobs were counted into the shared copy
     settings_for_status(STATUS_COUNTS_CACHE_SECONDS=60)
-    now = timezone.now()
-    group = FailureGroup.objects.create(
-        fingerprint="g" * 32,
-        task_name="tests.tasks.always_fail",
-        exception_class="builtins.RuntimeError",
-        message_pattern="boom",
-        queue="default",
-        first_seen_at=now,
-        last_seen_at=now,
-        state_changed_at=now,
-    )
+    group = make_failure_group()
     make_failed_job(group=group)
     client = status.broker_redis()
     computed = jobs.job_snapshot(client=client)
