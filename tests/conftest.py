@@ -101,6 +101,15 @@ def silent_port() -> Iterator[int]:
 
 
 @pytest.fixture(autouse=True)
+def no_group_ids_of_another_test() -> None:
+    """Each test starts with its own tables: the failure-group ids this process learnt (``queueing/groups.py``)
+    belong to the test before."""
+    from queueing import groups
+
+    groups._group_ids.clear()
+
+
+@pytest.fixture(autouse=True)
 def no_refresh_left_behind() -> Iterator[None]:
     """Wait for the status refreshes a test started in the background (queueing/status/cache.py), so that they
     cannot write into the next test's Redis."""

@@ -41,16 +41,16 @@ def operator() -> Client:
 @pytest.fixture
 def gateway_group() -> FailureGroup:
     """The failure group of a gateway outage, its breaker open."""
-    group = groups.group_for(
+    cause = groups.group_for(
         task_name="tests.tasks.succeed",
         queue="default",
         exception_class="app.GatewayDown",
         message="gateway answered 503",
         now=timezone.now(),
     )
-    FailureGroup.objects.filter(pk=group.pk).update(state="open", open_until=timezone.now() + timedelta(minutes=5))
-    group.refresh_from_db()
-    return group
+    opened = {"state": "open", "open_until": timezone.now() + timedelta(minutes=5)}
+    FailureGroup.objects.filter(pk=cause.group_id).update(**opened)
+    return FailureGroup.objects.get(pk=cause.group_id)
 
 
 def _ask(client: Client, jobs: list[FailedJob], *, select_across: bool = False) -> Any:

@@ -33,16 +33,15 @@ def post(client: Client, body: dict[str, Any]) -> Any:
 
 def _group(exception_class: str, message: str, **state: Any) -> FailureGroup:
     """The failure group of ``tests.tasks.succeed`` failing with this error, in ``state`` (closed by default)."""
-    group = groups.group_for(
+    cause = groups.group_for(
         task_name="tests.tasks.succeed",
         queue="default",
         exception_class=exception_class,
         message=message,
         now=timezone.now(),
     )
-    FailureGroup.objects.filter(pk=group.pk).update(**state)
-    group.refresh_from_db()
-    return group
+    FailureGroup.objects.filter(pk=cause.group_id).update(**state)
+    return FailureGroup.objects.get(pk=cause.group_id)
 
 
 @pytest.fixture
