@@ -77,6 +77,8 @@ def _log_in(page: Any, base_url: str, next_path: str) -> None:
     page.fill("#id_password", PASSWORD)
     page.click("input[type=submit]")
     page.wait_for_selector("#result_list")
+    # The admin's actions.js binds the select-all box once the page has loaded: a click before that can be undone.
+    page.wait_for_load_state("load")
 
 
 def _run_retry_and_confirm(page: Any) -> str:
