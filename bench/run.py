@@ -394,6 +394,42 @@ def status_and_admin(*, rows: int, rounds: int, requests: int) -> None:
         emit(f"admin changelist {label} s, {rows:,} rows", [wall for wall, _ in both])
         emit(f"admin changelist {label} s, {rows:,} rows, CPU of the process", [cpu for _, cpu in both])
 
+    retry_all_held(rounds=rounds)
+
+
+def retry_all_held(*, rounds: int) -> None:
+    """Row 8: how long ``POST /api/queue/retry-all-failed`` holds the request over every failed and dead job of
+    the status rows: above ``SYNC_MAX_JOBS`` it answers 202 with where to read the progress.
+
+    No worker runs here: the operations the requests start are deleted before one could run them, so nothing is
+    sent and every round finds the same jobs. A quick run's few rows are retried at once instead: not timed.
+    """
+    from django.test import Client
+
+    from bench import status_api
+    from queueing import bulkops
+    from queueing.models import BulkOperation, FailedJob
+
+    selected = FailedJob.objects.filter(status__in=[FailedJob.Status.FAILED, FailedJob.Status.DEAD]).count()
+    if selected <= bulkops.SYNC_MAX_JOBS:
+        print(f"POST /api/queue/retry-all-failed: {selected} jobs would be sent at once; not timed", flush=True)
+        return
+    client = Client(HTTP_HOST="localhost")
+    made_before = set(BulkOperation.objects.values_list("pk", flat=True))
+    held = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        response = client.post(
+            "/api/queue/retry-all-failed",
+            "{}",
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {status_api.TOKEN}"},
+        )
+        held.append(time.perf_counter() - started)
+        assert response.status_code == 202, (response.status_code, response.content[:300])
+    BulkOperation.objects.exclude(pk__in=made_before).delete()
+    emit(f"POST /api/queue/retry-all-failed s, {selected:,} failed and dead jobs", held)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
