@@ -164,6 +164,14 @@ class QueueingSettings:
         minimum=0,
         help="seconds the failed/dead counts and recent failures are reused; 0: query the database on every request",
     )
+    status_groups_cache_seconds: float = setting(
+        30.0,
+        key="STATUS_GROUPS_CACHE_SECONDS",
+        unit="seconds",
+        minimum=0,
+        help="seconds the failure groups' job counts are reused (they read every job of each failing group); "
+        "never less than STATUS_COUNTS_CACHE_SECONDS, and 0 with it",
+    )
     alert_sinks: tuple[str, ...] = setting(
         ("queueing.alerts.LogSink",),
         key="ALERT_SINKS",

@@ -335,7 +335,7 @@ def test_the_shared_copy_of_the_counts_comes_back_as_typed_records(
     read = jobs.job_snapshot(client=client)
 
     # Then it is the same snapshot, with its records typed (datetimes, not epoch numbers in dicts)
-    assert broker.exists("queueing:status:jobs:v3")
+    assert broker.exists("queueing:status:jobs:v4") and broker.exists("queueing:status:groups:v1")
     assert read == computed
     (recent,) = read.recent["whatsapp-send"]
     assert isinstance(recent, status.RecentFailure)
@@ -363,6 +363,28 @@ def test_the_failure_groups_counts_are_part_of_the_shared_copy_not_counted_per_r
     (figures,) = read.groups
     assert isinstance(figures, status.GroupFigures)
     assert (figures.id, figures.jobs[Status.FAILED], figures.state) == (group.pk, 1, breaker.State.CLOSED)
+
+
+def test_the_failure_groups_are_counted_again_less_often_than_the_status_counts(
+    broker: redis.Redis, make_failed_job: Any, make_failure_group: Any, settings_for_status: Any
+) -> None:
+    # Given the counts kept a moment and the groups' counts (which read every job of a group) a minute
+    settings_for_status(STATUS_COUNTS_CACHE_SECONDS=0.05, STATUS_GROUPS_CACHE_SECONDS=60)
+    group = make_failure_group()
+    make_failed_job(group=group)
+    client = status.broker_redis()
+    jobs.job_snapshot(client=client)
+
+    # When another job of that group fails, and the counts' copy is refreshed
+    make_failed_job(group=group)
+    read = wait_for(
+        lambda: (s := jobs.job_snapshot(client=client)).counts["default"][Status.FAILED] == 2 and s,
+        what="the counts' copy refreshed",
+    )
+
+    # Then the groups come from their own copy, not counted again yet
+    (figures,) = read.groups
+    assert (figures.id, figures.jobs[Status.FAILED]) == (group.pk, 1)
 
 
 def test_every_read_of_a_broker_that_does_not_answer_says_so_the_same_way(

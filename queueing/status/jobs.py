@@ -2,19 +2,21 @@
 
 ``job_counts()`` is the only grouped count of the table, used by the status report, the alerts and
 ``RetryManager.get_stats()``. ``job_snapshot()`` is what the report reads: the counts of the failed, dead and
-retrying jobs, the newest failed/dead rows of each queue and the failure groups with their jobs counted
-(``groups.group_figures``), kept in Redis for ``STATUS_COUNTS_CACHE_SECONDS`` (``cache.py``), because the
-grouped counts grow with the table (the groups' count reads every job of a failing group: about 1 s for
-1,000,000 rows in two groups, docs/benchmarks.md).
+retrying jobs and the newest failed/dead rows of each queue, kept in Redis for ``STATUS_COUNTS_CACHE_SECONDS``
+(``cache.py``), because the grouped counts grow with the table; and the failure groups with their jobs counted
+(``groups.group_figures``), kept apart for ``STATUS_GROUPS_CACHE_SECONDS``, longer: that count reads every job of
+a failing group (a parallel scan of 0.6 s on both cores for 1,000,000 rows in two groups, docs/benchmarks.md),
+and refreshed every second it left a status request waiting for a core.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import redis
 from django.db.models import Count
@@ -26,6 +28,7 @@ from queueing.status import cache
 from queueing.status.groups import GroupFigures, group_figures
 
 Status = FailedJob.Status
+T = TypeVar("T", bound=cache.Timestamped)
 
 #: Most recent failed/dead jobs listed per queue.
 RECENT_FAILED_LIMIT = 10
@@ -36,7 +39,8 @@ STALE_COUNTS_GRACE_SECONDS = 3.0
 
 #: Named with the shape of its value: a process of an older release (during a rolling deploy) reads and writes
 #: its own key, not one it cannot read.
-_JOBS_KEY = "queueing:status:jobs:v3"
+_JOBS_KEY = "queueing:status:jobs:v4"
+_GROUPS_KEY = "queueing:status:groups:v1"
 
 
 def job_counts(*, statuses: Collection[str] = tuple(Status.values)) -> dict[str, dict[str, int]]:
@@ -101,37 +105,59 @@ class JobSnapshot:
     counts: dict[str, dict[str, int]]
     #: ``{queue: newest failed/dead jobs first}``, queues without any left out
     recent: dict[str, list[RecentFailure]]
-    #: the failure groups worth showing, their jobs counted (``groups.group_figures``)
+    #: the failure groups worth showing, their jobs counted (``groups.group_figures``; kept in a copy of their own)
+    groups: list[GroupFigures]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupsCopy:
+    """The failure groups' figures, as of ``at`` (epoch seconds)."""
+
+    at: float
     groups: list[GroupFigures]
 
 
 def job_snapshot(*, client: redis.Redis | None = None, max_age_seconds: float | None = None) -> JobSnapshot:
     """The counts and the newest failures, kept in Redis for ``max_age_seconds`` (default
-    ``STATUS_COUNTS_CACHE_SECONDS``; 0 or no ``client``: always query).
+    ``STATUS_COUNTS_CACHE_SECONDS``; 0 or no ``client``: always query, the groups too), and the failure groups,
+    kept for ``STATUS_GROUPS_CACHE_SECONDS`` (never less than the counts).
 
     An out-of-date copy is still answered while one process refreshes it in the background, but only for a
     few seconds more: after that it is gone, and the next request waits for the query, so that a reader
     who comes after a quiet spell never gets old counts. A Redis error is raised as it is.
     """
-    max_age = get_settings().status_counts_cache_seconds if max_age_seconds is None else max_age_seconds
+    conf = get_settings()
+    max_age = conf.status_counts_cache_seconds if max_age_seconds is None else max_age_seconds
     if max_age <= 0 or client is None:
         return query_jobs()
-    copy = cache.shared_copy(
+    copy = _shared(client, _JOBS_KEY, JobSnapshot, max_age, compute=lambda: query_jobs(with_groups=False))
+    groups_age = max(max_age, conf.status_groups_cache_seconds)
+    groups = _shared(client, _GROUPS_KEY, GroupsCopy, groups_age, compute=query_groups)
+    snapshot = copy if copy is not None else query_jobs(with_groups=False)
+    return dataclasses.replace(snapshot, groups=groups.groups if groups is not None else group_figures())
+
+
+def _shared(client: redis.Redis, name: str, kind: type[T], max_age: float, *, compute: Callable[[], T]) -> T | None:
+    return cache.shared_copy(
         client,
-        _JOBS_KEY,
-        JobSnapshot,
+        name,
+        kind,
         fresh_seconds=max_age,
         keep_seconds=max_age + STALE_COUNTS_GRACE_SECONDS,
         lock_seconds=60.0,
         wait_seconds=5.0,
-        compute=query_jobs,
+        compute=compute,
         block_if_missing=True,
     )
-    return copy if copy is not None else query_jobs()
 
 
-def query_jobs() -> JobSnapshot:
-    """The snapshot, from the database now."""
+def query_groups() -> GroupsCopy:
+    """The failure groups' figures, from the database now."""
+    return GroupsCopy(at=time.time(), groups=group_figures())
+
+
+def query_jobs(with_groups: bool = True) -> JobSnapshot:
+    """The snapshot, from the database now (without the groups: they are kept apart, ``job_snapshot``)."""
     at = time.time()
     counts = job_counts(statuses=OPEN_STATUSES)
     recent = {
@@ -139,7 +165,7 @@ def query_jobs() -> JobSnapshot:
         for queue, by_status in counts.items()
     }
     recent = {q: jobs for q, jobs in recent.items() if jobs}
-    return JobSnapshot(at=at, counts=counts, recent=recent, groups=group_figures())
+    return JobSnapshot(at=at, counts=counts, recent=recent, groups=group_figures() if with_groups else [])
 
 
 def recent_failures(queue: str, statuses: list[str]) -> list[RecentFailure]:
